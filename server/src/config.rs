@@ -1,0 +1,135 @@
+//! Command-line and environment configuration of `dap-server` (clap; every flag has a `DAP_*`
+//! environment variable). Parsing only: nothing here opens files or sockets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "dap-server", version, about = "DAP coordinator: REST API, runner sockets, live feed")]
+pub struct Cli {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Database URL. Defaults to `sqlite://<data-dir>/dap.db` (created if missing).
+    #[arg(long, env = "DAP_DATABASE", global = true)]
+    pub database: Option<String>,
+    /// Directory for the database (by default), the signing key and blobs.
+    #[arg(long, env = "DAP_DATA_DIR", default_value = "./dap-data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("dap.db").display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DAP_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+    /// Interval of WebSocket pings to runners; three missed ones drop the link.
+    #[arg(long, env = "DAP_HEARTBEAT_MS", default_value_t = 3000, global = true)]
+    pub heartbeat_ms: u64,
+    /// Browser origins allowed to call the API and the SSE feed (comma-separated); none by default.
+    #[arg(long = "cors-origin", env = "DAP_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "DAP_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+    /// Manage runner enrolments.
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key and print it (alone, on stdout). It is shown only this once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["read", "write", "admin"], default_value = "write")]
+        scope: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    /// Enrol a runner and print its credential (alone, on stdout). Shown only this once.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List runners.
+    List,
+    /// Revoke a runner by id.
+    Revoke { id: String },
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub heartbeat: Duration,
+    pub cors_origins: Vec<String>,
+}
+
+impl ServeConfig {
+    pub fn from_args(store: &StoreArgs, serve: &ServeArgs) -> Self {
+        Self {
+            listen: serve.listen,
+            database_url: store.database_url(),
+            data_dir: store.data_dir.clone(),
+            heartbeat: Duration::from_millis(serve.heartbeat_ms.max(100)),
+            cors_origins: serve.cors_origins.clone(),
+        }
+    }
+
+    /// A configuration for tests: port 0 on loopback, everything under `dir`.
+    pub fn for_dir(dir: &std::path::Path) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: format!("sqlite://{}", dir.join("dap.db").display()),
+            data_dir: dir.to_owned(),
+            heartbeat: Duration::from_millis(3000),
+            cors_origins: Vec::new(),
+        }
+    }
+}

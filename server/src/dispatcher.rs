@@ -1,0 +1,604 @@
+//! The dispatcher: which runners are connected, how many slots each has free, and which tasks
+//! wait for one. It decides where a task goes and pushes it down that runner's socket.
+//!
+//! All of its state sits behind one `std::sync::Mutex` held only for short, non-async critical
+//! sections (never across an `.await`), so a slot is reserved and checked atomically and a
+//! runner can never be handed more tasks than its slots, however many creates race. The store
+//! stays the source of truth: every assignment is a conditional write there, and the in-memory
+//! queue is only an index of what to try next. It does not parse sockets or know HTTP.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dap_protocol::{close_code, Assignment, DatasetInfo, Hello, ServerMessage};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::store::{now_ms, Outcome, Store, Task, WriteOp};
+
+/// What the socket's send half is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Send(ServerMessage),
+    Close(u16, String),
+}
+
+/// Live state of a runner as shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Connected with at least one free slot.
+    Idle,
+    /// Connected with every slot taken.
+    Busy,
+    Offline,
+}
+
+impl RunnerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// Why a task could not be placed on the runner the caller named.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Every slot is taken; these tasks are running there.
+    Busy { running: Vec<String> },
+    /// Not connected to this node.
+    Offline,
+    UnsupportedOperation,
+    DatasetNotOnRunner(String),
+}
+
+/// A task waiting for a slot.
+#[derive(Debug, Clone)]
+pub struct QueuedTask {
+    pub task_id: String,
+    pub operation_code: u16,
+    pub params: Arc<Value>,
+    pub dataset: Option<String>,
+    pub target: Option<String>,
+    /// Attempt number of the last assignment (0 if never assigned); the next is this + 1.
+    pub attempt: u32,
+}
+
+impl QueuedTask {
+    pub fn from_task(t: &Task) -> Self {
+        Self {
+            task_id: t.id.clone(),
+            operation_code: t.operation_code,
+            dataset: dataset_of(&t.params),
+            params: Arc::new(t.params.clone()),
+            target: t.target_runner_id.clone(),
+            attempt: t.attempt,
+        }
+    }
+}
+
+/// `params.dataset` when it is a string.
+pub fn dataset_of(params: &Value) -> Option<String> {
+    params.get("dataset").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Snapshot of a connected runner for listings.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub name: String,
+    pub slots: u32,
+    pub running: Vec<String>,
+    pub operations: Vec<u16>,
+    pub datasets: Vec<DatasetInfo>,
+    pub connected_at: i64,
+}
+
+struct LiveRunner {
+    conn_id: u64,
+    name: String,
+    slots: u32,
+    operations: Vec<u16>,
+    dataset_names: HashSet<String>,
+    datasets: Vec<DatasetInfo>,
+    /// task id → attempt
+    running: HashMap<String, u32>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    connected_at: i64,
+}
+
+impl LiveRunner {
+    fn state(&self) -> RunnerState {
+        if self.running.len() as u32 >= self.slots {
+            RunnerState::Busy
+        } else {
+            RunnerState::Idle
+        }
+    }
+
+    fn can_take(&self, runner_id: &str, t: &QueuedTask) -> bool {
+        (self.running.len() as u32) < self.slots
+            && self.operations.contains(&t.operation_code)
+            && t.dataset.as_ref().is_none_or(|d| self.dataset_names.contains(d))
+            && t.target.as_deref().is_none_or(|r| r == runner_id)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    runners: HashMap<String, LiveRunner>,
+    /// order → task; `order` grows with enqueue time so iteration is FIFO.
+    queue: BTreeMap<u64, QueuedTask>,
+    queued: HashMap<String, u64>,
+    next_order: u64,
+    next_conn: u64,
+}
+
+impl State {
+    fn enqueue(&mut self, t: QueuedTask) {
+        if self.queued.contains_key(&t.task_id) {
+            return;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.queued.insert(t.task_id.clone(), order);
+        self.queue.insert(order, t);
+    }
+
+    fn remove_queued(&mut self, task_id: &str) -> Option<QueuedTask> {
+        let order = self.queued.remove(task_id)?;
+        self.queue.remove(&order)
+    }
+}
+
+/// A state change of a runner, emitted as a `runner.*` event in the order it happened.
+#[derive(Debug)]
+struct StateChange {
+    runner_id: String,
+    kind: &'static str,
+    data: Value,
+    hello: Option<String>,
+}
+
+pub struct Dispatcher {
+    state: Mutex<State>,
+    store: Store,
+    changes: mpsc::UnboundedSender<StateChange>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store) -> Arc<Self> {
+        let (changes, rx) = mpsc::unbounded_channel();
+        let d = Arc::new(Self {
+            state: Mutex::default(),
+            store: store.clone(),
+            changes,
+        });
+        tokio::spawn(emit_state_changes(store, rx));
+        d
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way later
+        // callers can't cope with (each critical section is a few map operations), so recover.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads queued tasks from the store (at start-up).
+    pub async fn load_queue(&self) -> Result<usize, crate::store::StoreError> {
+        let tasks = self.store.queued_tasks().await?;
+        let n = tasks.len();
+        let mut st = self.lock();
+        for t in &tasks {
+            st.enqueue(QueuedTask::from_task(t));
+        }
+        Ok(n)
+    }
+
+    /// Reserves a slot for a new task (attempt 1). `Ok(None)`: no runner can take it now.
+    pub fn reserve_new(&self, t: &QueuedTask) -> Result<Option<String>, Refusal> {
+        let mut st = self.lock();
+        if let Some(target) = t.target.as_deref() {
+            let r = st.runners.get_mut(target).ok_or(Refusal::Offline)?;
+            if !r.operations.contains(&t.operation_code) {
+                return Err(Refusal::UnsupportedOperation);
+            }
+            if let Some(d) = &t.dataset {
+                if !r.dataset_names.contains(d) {
+                    return Err(Refusal::DatasetNotOnRunner(d.clone()));
+                }
+            }
+            if r.running.len() as u32 >= r.slots {
+                let mut running: Vec<String> = r.running.keys().cloned().collect();
+                running.sort();
+                return Err(Refusal::Busy { running });
+            }
+            r.running.insert(t.task_id.clone(), 1);
+            let change = (r.state() == RunnerState::Busy).then(|| target.to_owned());
+            drop(st);
+            if let Some(id) = change {
+                self.emit(&id, "runner.busy", RunnerState::Busy);
+            }
+            return Ok(Some(target.to_owned()));
+        }
+        // Least-loaded runner first, so work spreads over runners instead of piling on one.
+        let best = st
+            .runners
+            .iter()
+            .filter(|(id, r)| r.can_take(id, t))
+            .min_by(|(ia, a), (ib, b)| {
+                let la = a.running.len() as f64 / a.slots as f64;
+                let lb = b.running.len() as f64 / b.slots as f64;
+                la.total_cmp(&lb).then_with(|| ia.cmp(ib))
+            })
+            .map(|(id, _)| id.clone());
+        let Some(id) = best else { return Ok(None) };
+        let r = st.runners.get_mut(&id).expect("chosen from the map");
+        r.running.insert(t.task_id.clone(), 1);
+        let busy = r.state() == RunnerState::Busy;
+        drop(st);
+        if busy {
+            self.emit(&id, "runner.busy", RunnerState::Busy);
+        }
+        Ok(Some(id))
+    }
+
+    /// Sends an assignment the runner holds a reservation for. False if the runner is gone
+    /// (or no longer holds that attempt): the caller must requeue the task.
+    pub fn push(&self, runner_id: &str, a: Assignment) -> bool {
+        let st = self.lock();
+        match st.runners.get(runner_id) {
+            Some(r) if r.running.get(&a.task_id) == Some(&a.attempt) => {
+                r.tx.send(Outbound::Send(ServerMessage::Assign(a))).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts a task in the queue and offers it to every runner with a free slot.
+    pub async fn enqueue(self: &Arc<Self>, t: QueuedTask) {
+        self.lock().enqueue(t);
+        self.pump_all().await;
+    }
+
+    /// Takes a task out of the queue (cancelled). True if it was there.
+    pub fn remove_queued(&self, task_id: &str) -> bool {
+        self.lock().remove_queued(task_id).is_some()
+    }
+
+    /// Frees the slot `runner_id` holds for `task_id` at `attempt`, then fills free slots.
+    pub async fn release(self: &Arc<Self>, runner_id: &str, task_id: &str, attempt: u32) {
+        let freed = {
+            let mut st = self.lock();
+            match st.runners.get_mut(runner_id) {
+                Some(r) if r.running.get(task_id) == Some(&attempt) => {
+                    let was = r.state();
+                    r.running.remove(task_id);
+                    Some(was == RunnerState::Busy)
+                }
+                _ => None,
+            }
+        };
+        if freed == Some(true) {
+            self.emit(runner_id, "runner.idle", RunnerState::Idle);
+        }
+        if freed.is_some() {
+            self.pump(runner_id).await;
+        }
+    }
+
+    /// True if `runner_id` holds `task_id` at `attempt` (the fence for runner messages).
+    pub fn holds(&self, runner_id: &str, task_id: &str, attempt: u32) -> bool {
+        self.lock()
+            .runners
+            .get(runner_id)
+            .is_some_and(|r| r.running.get(task_id) == Some(&attempt))
+    }
+
+    /// Asks the runner to stop a task.
+    pub fn cancel_on_runner(&self, runner_id: &str, task_id: &str, attempt: u32) {
+        if let Some(r) = self.lock().runners.get(runner_id) {
+            let _ = r.tx.send(Outbound::Send(ServerMessage::Cancel {
+                task_id: task_id.to_owned(),
+                attempt,
+            }));
+        }
+    }
+
+    /// Closes a runner's live socket (revocation). True if it was connected.
+    pub fn close_runner(&self, runner_id: &str, code: u16, reason: &str) -> bool {
+        match self.lock().runners.get(runner_id) {
+            Some(r) => r
+                .tx
+                .send(Outbound::Close(code, reason.to_owned()))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Registers a runner after its greeting. Returns the connection id (to unregister with).
+    /// A previous connection of the same runner is closed; its tasks that the new greeting
+    /// still lists as running (same attempt) stay attached, the others are requeued.
+    pub async fn register(
+        self: &Arc<Self>,
+        runner_id: &str,
+        hello: &Hello,
+        tx: mpsc::UnboundedSender<Outbound>,
+    ) -> u64 {
+        let (conn_id, orphans, state) = {
+            let mut st = self.lock();
+            st.next_conn += 1;
+            let conn_id = st.next_conn;
+            let mut running = HashMap::new();
+            let mut orphans = Vec::new();
+            if let Some(old) = st.runners.remove(runner_id) {
+                let _ = old.tx.send(Outbound::Close(
+                    close_code::REPLACED,
+                    "replaced by a newer connection".into(),
+                ));
+                for (task, attempt) in old.running {
+                    if hello
+                        .running
+                        .iter()
+                        .any(|t| t.task_id == task && t.attempt == attempt)
+                    {
+                        running.insert(task, attempt);
+                    } else {
+                        orphans.push((task, attempt));
+                    }
+                }
+            }
+            let r = LiveRunner {
+                conn_id,
+                name: hello.name.clone(),
+                slots: hello.slots,
+                operations: hello.operations.clone(),
+                dataset_names: hello.datasets.iter().map(|d| d.name.clone()).collect(),
+                datasets: hello.datasets.clone(),
+                running,
+                tx,
+                connected_at: now_ms(),
+            };
+            let state = r.state();
+            st.runners.insert(runner_id.to_owned(), r);
+            (conn_id, orphans, state)
+        };
+        let hello_json = serde_json::to_string(hello).ok();
+        let _ = self.changes.send(StateChange {
+            runner_id: runner_id.to_owned(),
+            kind: "runner.online",
+            data: json!({ "runner_id": runner_id, "state": state.as_str(), "name": hello.name,
+                          "slots": hello.slots }),
+            hello: hello_json,
+        });
+        self.requeue(runner_id, orphans, "runner_reconnected").await;
+        self.pump(runner_id).await;
+        conn_id
+    }
+
+    /// Removes a runner whose connection `conn_id` ended and requeues what it was running.
+    pub async fn unregister(self: &Arc<Self>, runner_id: &str, conn_id: u64) {
+        let orphans = {
+            let mut st = self.lock();
+            match st.runners.get(runner_id) {
+                Some(r) if r.conn_id == conn_id => {}
+                _ => return,
+            }
+            let r = st.runners.remove(runner_id).expect("checked above");
+            r.running.into_iter().collect::<Vec<_>>()
+        };
+        self.emit(runner_id, "runner.offline", RunnerState::Offline);
+        self.requeue(runner_id, orphans, "runner_disconnected").await;
+        self.pump_all().await;
+    }
+
+    /// Puts tasks a runner held back in the queue (store first, then memory).
+    pub async fn requeue(
+        self: &Arc<Self>,
+        runner_id: &str,
+        tasks: Vec<(String, u32)>,
+        reason: &'static str,
+    ) {
+        for (task_id, attempt) in tasks {
+            let op = WriteOp::Requeue {
+                task_id: task_id.clone(),
+                runner_id: runner_id.to_owned(),
+                attempt,
+                reason,
+            };
+            match self.store.write(op).await {
+                Ok(Outcome::Applied(true)) => {
+                    if let Ok(Some(t)) = self.store.get_task(&task_id).await {
+                        self.lock().enqueue(QueuedTask::from_task(&t));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, %task_id, "requeue failed"),
+            }
+        }
+    }
+
+    /// Fills every runner's free slots from the queue.
+    pub async fn pump_all(self: &Arc<Self>) {
+        let ids: Vec<String> = {
+            let st = self.lock();
+            if st.queue.is_empty() {
+                return;
+            }
+            st.runners
+                .iter()
+                .filter(|(_, r)| (r.running.len() as u32) < r.slots)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ids {
+            self.pump(&id).await;
+        }
+    }
+
+    /// Fills `runner_id`'s free slots with the oldest queued tasks it can run.
+    pub async fn pump(self: &Arc<Self>, runner_id: &str) {
+        loop {
+            let picked = {
+                let mut st = self.lock();
+                let st = &mut *st;
+                let Some(r) = st.runners.get_mut(runner_id) else {
+                    return;
+                };
+                let mut picked = Vec::new();
+                let mut orders = Vec::new();
+                for (order, t) in st.queue.iter() {
+                    if !r.can_take(runner_id, t) {
+                        continue;
+                    }
+                    let attempt = t.attempt + 1;
+                    r.running.insert(t.task_id.clone(), attempt);
+                    picked.push((t.clone(), attempt));
+                    orders.push(*order);
+                }
+                for o in orders {
+                    if let Some(t) = st.queue.remove(&o) {
+                        st.queued.remove(&t.task_id);
+                    }
+                }
+                let busy = !picked.is_empty() && r.state() == RunnerState::Busy;
+                (picked, busy)
+            };
+            let (picked, busy) = picked;
+            if picked.is_empty() {
+                return;
+            }
+            if busy {
+                self.emit(runner_id, "runner.busy", RunnerState::Busy);
+            }
+            let mut retry = false;
+            for (t, attempt) in picked {
+                let op = WriteOp::Assign {
+                    task_id: t.task_id.clone(),
+                    runner_id: runner_id.to_owned(),
+                    attempt,
+                };
+                match self.store.write(op).await {
+                    Ok(Outcome::Applied(true)) => {
+                        let a = Assignment {
+                            task_id: t.task_id.clone(),
+                            attempt,
+                            operation_code: t.operation_code,
+                            params: (*t.params).clone(),
+                        };
+                        if !self.push(runner_id, a) {
+                            // The runner went away between pick and push; its unregister
+                            // requeues what it held, but this task was not yet in the store
+                            // as assigned when that ran, so requeue it here.
+                            self.requeue(runner_id, vec![(t.task_id, attempt)], "runner_disconnected")
+                                .await;
+                        }
+                    }
+                    Ok(_) => {
+                        // Cancelled or otherwise taken meanwhile: give the slot back and look again.
+                        self.drop_reservation(runner_id, &t.task_id, attempt);
+                        retry = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, task_id = %t.task_id, "assign failed");
+                        self.drop_reservation(runner_id, &t.task_id, attempt);
+                        self.lock().enqueue(t);
+                        return;
+                    }
+                }
+            }
+            if !retry {
+                return;
+            }
+        }
+    }
+
+    /// Forgets a reservation without pumping (the caller decides what to do next).
+    pub fn drop_reservation(&self, runner_id: &str, task_id: &str, attempt: u32) {
+        let became_idle = {
+            let mut st = self.lock();
+            match st.runners.get_mut(runner_id) {
+                Some(r) if r.running.get(task_id) == Some(&attempt) => {
+                    let was = r.state();
+                    r.running.remove(task_id);
+                    was == RunnerState::Busy
+                }
+                _ => false,
+            }
+        };
+        if became_idle {
+            self.emit(runner_id, "runner.idle", RunnerState::Idle);
+        }
+    }
+
+    fn emit(&self, runner_id: &str, kind: &'static str, state: RunnerState) {
+        let _ = self.changes.send(StateChange {
+            runner_id: runner_id.to_owned(),
+            kind,
+            data: json!({ "runner_id": runner_id, "state": state.as_str() }),
+            hello: None,
+        });
+    }
+
+    /// Live view of one runner, or `None` when it is not connected.
+    pub fn live(&self, runner_id: &str) -> Option<LiveView> {
+        self.lock().runners.get(runner_id).map(|r| {
+            let mut running: Vec<String> = r.running.keys().cloned().collect();
+            running.sort();
+            LiveView {
+                name: r.name.clone(),
+                slots: r.slots,
+                running,
+                operations: r.operations.clone(),
+                datasets: r.datasets.clone(),
+                connected_at: r.connected_at,
+            }
+        })
+    }
+
+    pub fn connected_runners(&self) -> usize {
+        self.lock().runners.len()
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.lock().queue.len()
+    }
+}
+
+/// Writes runner state changes as events, one at a time and in order. When changes pile up
+/// (a 1-slot runner flipping busy/idle thousands of times a second) only each runner's latest
+/// state is written, so the event log records states, not every flap.
+async fn emit_state_changes(store: Store, mut rx: mpsc::UnboundedReceiver<StateChange>) {
+    let mut last: HashMap<String, &'static str> = HashMap::new();
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        // Collapse busy/idle flaps within the batch: keep online/offline, and for busy/idle
+        // only the last one per runner.
+        let mut latest: HashMap<String, usize> = HashMap::new();
+        for (i, c) in batch.iter().enumerate() {
+            if matches!(c.kind, "runner.busy" | "runner.idle") {
+                latest.insert(c.runner_id.clone(), i);
+            }
+        }
+        for (i, c) in batch.drain(..).enumerate() {
+            let flap = matches!(c.kind, "runner.busy" | "runner.idle");
+            if flap && latest.get(&c.runner_id) != Some(&i) {
+                continue;
+            }
+            if flap && last.get(&c.runner_id) == Some(&c.kind) {
+                continue;
+            }
+            last.insert(c.runner_id.clone(), c.kind);
+            let op = WriteOp::RunnerState {
+                runner_id: c.runner_id,
+                kind: c.kind,
+                data: c.data,
+                hello: c.hello,
+            };
+            if let Err(e) = store.write(op).await {
+                tracing::error!(error = %e, "recording runner state failed");
+            }
+        }
+    }
+}

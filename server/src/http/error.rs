@@ -1,0 +1,162 @@
+//! `ApiError`: every failure a handler can answer with, mapped to a status code and the JSON
+//! body `{"error":{"code","message"}}`. Internal causes are logged here and answered with a
+//! generic message, never echoed.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no, malformed, expired, revoked or wrong-kind credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid credential without the scope the route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400: the request could not be parsed (bad JSON syntax, bad query string).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 404
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// 409: the request conflicts with current state (busy runner, finished task).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    /// 415
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but invalid (unknown operation, bad params).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// 500: logged with its cause, answered generically.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details) = match self {
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None),
+            Self::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message, None),
+            Self::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message, None),
+            Self::Conflict {
+                code,
+                message,
+                details,
+            } => (StatusCode::CONFLICT, code, message, details),
+            Self::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m,
+                None,
+            ),
+            Self::Unprocessable { code, message } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, message, None)
+            }
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error".to_owned(),
+                    None,
+                )
+            }
+        };
+        let mut err = json!({ "code": code, "message": message });
+        if let Some(Value::Object(d)) = details {
+            err.as_object_mut()
+                .expect("literal object")
+                .extend(d.into_iter());
+        }
+        let mut resp = (status, Json(json!({ "error": err }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Self::Unauthorized("missing bearer credential".into()),
+            AuthError::Invalid => Self::Unauthorized("invalid credential".into()),
+            AuthError::Revoked => Self::Unauthorized("credential revoked".into()),
+            AuthError::Expired => Self::Unauthorized("token expired".into()),
+            AuthError::WrongKind => Self::Unauthorized("wrong kind of credential".into()),
+            AuthError::Scope(s) => Self::Forbidden(format!("this route needs the {s} scope")),
+            AuthError::Store(e) => e.into(),
+            AuthError::KeyFile(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text()))
+            }
+            JsonRejection::JsonDataError(e) => {
+                Self::unprocessable("invalid_request", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("expected Content-Type: application/json".into())
+            }
+            other => Self::bad_request("invalid_request", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", r.body_text())
+    }
+}

@@ -1,0 +1,225 @@
+//! The live feed: `GET /api/v1/events` (Server-Sent Events) and `POST /api/v1/sse-tickets`.
+//!
+//! A stream subscribes to the bus *before* it replays the stored log from `Last-Event-ID`, then
+//! goes live and skips any id it already sent, so a reconnecting client sees every event once,
+//! in order, without gaps. A subscriber that lags behind the bus falls back to the log.
+//! It never writes events; the store writer does.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::error::ApiError;
+use super::extract::{bearer, ApiQuery, Caller};
+use crate::auth::jwt::SSE_TICKET_TTL_S;
+use crate::auth::{AuthError, TokenKind};
+use crate::store::{Event, Scope, Store};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/sse-tickets", post(ticket))
+}
+
+/// Events read from the log per replay query.
+const REPLAY_PAGE: u32 = 1000;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketRequest {
+    #[serde(default)]
+    task_id: Option<String>,
+}
+
+async fn ticket(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let p = caller.require(Scope::Read)?;
+    // The body is optional: no body means a ticket for the whole feed.
+    let req: TicketRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TicketRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("malformed ticket request: {e}"))
+        })?
+    };
+    let t = s
+        .jwt
+        .issue(TokenKind::SseTicket, &p.key_id, SSE_TICKET_TTL_S, req.task_id.clone());
+    Ok(Json(json!({
+        "ticket": t,
+        "expires_in": SSE_TICKET_TTL_S,
+        "task_id": req.task_id,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    ticket: Option<String>,
+    task_id: Option<String>,
+    /// For clients that cannot set the `Last-Event-ID` header on their first request.
+    last_event_id: Option<String>,
+}
+
+/// Who may read the feed, and which task they are limited to.
+struct FeedAccess {
+    task_scope: Option<String>,
+}
+
+async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedAccess, ApiError> {
+    if let Some(ticket) = &q.ticket {
+        let claims = s.jwt.verify(ticket, TokenKind::SseTicket)?;
+        return Ok(FeedAccess {
+            task_scope: claims.task_id,
+        });
+    }
+    match bearer(parts) {
+        Some(key) => {
+            let p = s.keys.verify(key).await?;
+            Caller(p).require(Scope::Read)?;
+            Ok(FeedAccess { task_scope: None })
+        }
+        None => Err(AuthError::Missing.into()),
+    }
+}
+
+async fn events(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let (mut parts, _) = req.into_parts();
+    let ApiQuery(q) = ApiQuery::<EventsQuery>::from_request_parts(&mut parts, &s).await?;
+    let access = authorize(&s, &parts, &q).await?;
+    let task_filter = match (access.task_scope, q.task_id) {
+        (Some(scoped), Some(asked)) if scoped != asked => {
+            return Err(ApiError::Forbidden(
+                "this ticket is limited to another task".into(),
+            ))
+        }
+        (Some(scoped), _) => Some(scoped),
+        (None, asked) => asked.filter(|t| !t.is_empty()),
+    };
+    let header_id = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let last_id = match header_id.or(q.last_event_id).filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
+            ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an integer")
+        })?),
+        None => None,
+    };
+
+    // Subscribe before reading the log so nothing committed in between is missed.
+    let rx = s.bus.subscribe();
+    let (start, replaying) = match last_id {
+        Some(id) => (id, true),
+        None => (s.store.last_event_id().await?, false),
+    };
+    let feed = Feed {
+        store: s.store.clone(),
+        rx,
+        task_filter,
+        last_sent: start,
+        replaying,
+        buf: VecDeque::new(),
+        shutdown: s.shutdown.clone(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        let e = f.next().await?;
+        Some((Ok(to_sse(&e)), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+}
+
+fn to_sse(e: &Event) -> SseEvent {
+    // The stored payload is a JSON object; put the id in it too for clients that ignore `id:`.
+    let data = match e.json.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"id\":{}}}", e.id),
+        Some(rest) => format!("{{\"id\":{},{rest}", e.id),
+        None => e.json.clone(),
+    };
+    SseEvent::default()
+        .id(e.id.to_string())
+        .event(e.kind.as_str())
+        .data(data)
+}
+
+struct Feed {
+    store: Store,
+    rx: broadcast::Receiver<Arc<Event>>,
+    task_filter: Option<String>,
+    last_sent: i64,
+    replaying: bool,
+    buf: VecDeque<Arc<Event>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// The next event to send, or `None` when the feed is over (bus closed, store failing).
+    async fn next(&mut self) -> Option<Arc<Event>> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                if e.id <= self.last_sent {
+                    continue;
+                }
+                self.last_sent = e.id;
+                return Some(e);
+            }
+            if self.replaying {
+                let page = match self
+                    .store
+                    .events_after(self.last_sent, self.task_filter.as_deref(), REPLAY_PAGE)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "SSE replay failed");
+                        return None;
+                    }
+                };
+                if page.is_empty() {
+                    self.replaying = false;
+                } else {
+                    self.buf.extend(page.into_iter().map(Arc::new));
+                }
+                continue;
+            }
+            let received = tokio::select! {
+                r = self.rx.recv() => r,
+                _ = async { let _ = self.shutdown.wait_for(|v| *v).await; } => return None,
+            };
+            match received {
+                Ok(e) => {
+                    let wanted = match &self.task_filter {
+                        Some(t) => e.task_id.as_deref() == Some(t.as_str()),
+                        None => true,
+                    };
+                    if wanted {
+                        self.buf.push_back(e);
+                    }
+                }
+                // Fell behind the bus: the log has everything, read it from where we are.
+                Err(RecvError::Lagged(_)) => self.replaying = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! `/api/v1/tasks`: create (validated, placed on a runner or queued, acknowledged only after
+//! commit), list, get, result, event history and cancel.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dap_protocol::{op, Assignment};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Caller};
+use super::ts;
+use crate::dispatcher::{dataset_of, QueuedTask, Refusal};
+use crate::store::{CancelOutcome, NewTask, Outcome, Scope, Task, TaskFilter, TaskStatus, WriteOp};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/tasks", post(create).get(list))
+        .route("/api/v1/tasks/{id}", get(get_one))
+        .route("/api/v1/tasks/{id}/result", get(result))
+        .route("/api/v1/tasks/{id}/events", get(history))
+        .route("/api/v1/tasks/{id}/cancel", post(cancel))
+}
+
+/// JSON view of a task.
+pub fn task_json(t: &Task) -> Value {
+    let error = t.error_code.as_ref().map(|code| {
+        json!({ "code": code, "message": t.error_message.clone().unwrap_or_default() })
+    });
+    json!({
+        "task_id": t.id,
+        "operation_code": t.operation_code,
+        "operation": op::name(t.operation_code),
+        "params": t.params,
+        "status": t.status.as_str(),
+        "runner_id": t.runner_id,
+        "target_runner_id": t.target_runner_id,
+        "attempt": t.attempt,
+        "progress": t.progress,
+        "stage": t.stage,
+        "message": t.message,
+        "error": error,
+        "created_at": ts(Some(t.created_at)),
+        "assigned_at": ts(t.assigned_at),
+        "started_at": ts(t.started_at),
+        "finished_at": ts(t.finished_at),
+        "updated_at": ts(Some(t.updated_at)),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTask {
+    operation_code: i64,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    runner_id: Option<String>,
+    #[serde(default)]
+    queue: bool,
+}
+
+/// Largest accepted `params` (serialized); results and data never travel in params.
+const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
+/// Checks a dataset name: a plain name, never a path or URL.
+pub fn validate_dataset_name(name: &str) -> Result<(), ApiError> {
+    let looks_like_path = name.contains('/')
+        || name.contains('\\')
+        || name.contains("..")
+        || name.contains(':')
+        || name.starts_with('~');
+    if looks_like_path {
+        return Err(ApiError::unprocessable(
+            "path_not_allowed",
+            format!("params.dataset must name a declared dataset, not a path or URL: {name:?}"),
+        ));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        return Err(ApiError::unprocessable(
+            "invalid_params",
+            "params.dataset must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.'",
+        ));
+    }
+    Ok(())
+}
+
+fn validate(req: &CreateTask) -> Result<(u16, Value), ApiError> {
+    let code = u16::try_from(req.operation_code)
+        .ok()
+        .filter(|c| op::is_known(*c))
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "unknown_operation",
+                format!(
+                    "operation_code {} is not one of 100 (fetch), 200 (filter), 300 (model), \
+                     400 (export) or 1 (diagnostic no-op)",
+                    req.operation_code
+                ),
+            )
+        })?;
+    let params = match &req.params {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "invalid_params",
+                "params must be a JSON object",
+            ))
+        }
+    };
+    if params.to_string().len() > MAX_PARAMS_BYTES {
+        return Err(ApiError::unprocessable(
+            "invalid_params",
+            format!("params is larger than {MAX_PARAMS_BYTES} bytes"),
+        ));
+    }
+    match params.get("dataset") {
+        Some(Value::String(name)) => validate_dataset_name(name)?,
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "invalid_params",
+                "params.dataset must be a string",
+            ))
+        }
+        None if code != op::NOOP => {
+            return Err(ApiError::unprocessable(
+                "missing_dataset",
+                format!(
+                    "operation {code} ({}) needs params.dataset: the name of a dataset a runner declares",
+                    op::name(code)
+                ),
+            ))
+        }
+        None => {}
+    }
+    if let Some(r) = &req.runner_id {
+        if r.is_empty() || r.len() > 64 {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "runner_id must be a runner id",
+            ));
+        }
+    }
+    Ok((code, params))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateTask>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Write)?;
+    let (code, params) = validate(&req)?;
+    let task_id = uuid::Uuid::now_v7().to_string();
+    let queued = QueuedTask {
+        task_id: task_id.clone(),
+        operation_code: code,
+        dataset: dataset_of(&params),
+        params: std::sync::Arc::new(params),
+        target: req.runner_id.clone(),
+        attempt: 0,
+    };
+    let assign_to = match s.dispatcher.reserve_new(&queued) {
+        Ok(r) => r,
+        Err(Refusal::Busy { running }) if !req.queue => {
+            let target = req.runner_id.as_deref().unwrap_or_default();
+            return Err(ApiError::Conflict {
+                code: "runner_busy",
+                message: format!(
+                    "runner {target} is busy with task {}; retry later or pass \"queue\": true",
+                    running.join(", ")
+                ),
+                details: Some(json!({ "runner_id": target, "running_tasks": running })),
+            });
+        }
+        Err(Refusal::Busy { .. }) => None,
+        Err(Refusal::Offline) => {
+            let target = req.runner_id.as_deref().unwrap_or_default();
+            match s.store.get_runner(target).await? {
+                Some(r) if r.revoked_at.is_none() => {
+                    if !req.queue {
+                        return Err(ApiError::conflict(
+                            "runner_offline",
+                            format!(
+                                "runner {target} is offline; pass \"queue\": true to run the task when it reconnects"
+                            ),
+                        ));
+                    }
+                    None
+                }
+                _ => {
+                    return Err(ApiError::not_found(
+                        "runner_not_found",
+                        format!("no runner {target}"),
+                    ))
+                }
+            }
+        }
+        Err(Refusal::UnsupportedOperation) => {
+            return Err(ApiError::unprocessable(
+                "unsupported_operation",
+                format!(
+                    "runner {} does not support operation {code}",
+                    req.runner_id.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
+        Err(Refusal::DatasetNotOnRunner(d)) => {
+            return Err(ApiError::unprocessable(
+                "unknown_dataset",
+                format!(
+                    "runner {} does not declare a dataset named {d:?}",
+                    req.runner_id.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
+    };
+
+    let new = NewTask {
+        id: task_id.clone(),
+        operation_code: code,
+        params: (*queued.params).clone(),
+        target_runner_id: req.runner_id.clone(),
+        assign_to: assign_to.clone(),
+    };
+    if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
+        if let Some(r) = &assign_to {
+            s.dispatcher.release(r, &task_id, 1).await;
+        }
+        return Err(e.into());
+    }
+    let status = match &assign_to {
+        Some(runner) => {
+            let a = Assignment {
+                task_id: task_id.clone(),
+                attempt: 1,
+                operation_code: code,
+                params: (*queued.params).clone(),
+            };
+            if !s.dispatcher.push(runner, a) {
+                s.dispatcher
+                    .requeue(runner, vec![(task_id.clone(), 1)], "runner_disconnected")
+                    .await;
+                TaskStatus::Queued
+            } else {
+                TaskStatus::Assigned
+            }
+        }
+        None => {
+            s.dispatcher.enqueue(queued).await;
+            TaskStatus::Queued
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": assign_to })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    runner_id: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(TaskStatus::parse(v).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("status must be one of queued, assigned, running, completed, failed, cancelled (got {v:?})"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let filter = TaskFilter {
+        status,
+        runner_id: q.runner_id.filter(|r| !r.is_empty()),
+        limit,
+        offset: q.offset.unwrap_or(0),
+    };
+    let (tasks, total) = s.store.list_tasks(&filter).await?;
+    Ok(Json(json!({
+        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "total": total,
+        "limit": filter.limit,
+        "offset": filter.offset,
+    })))
+}
+
+async fn load(s: &AppState, id: &str) -> Result<Task, ApiError> {
+    s.store
+        .get_task(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("task_not_found", format!("no task {id}")))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(task_json(&load(&s, &id).await?)))
+}
+
+async fn result(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let t = load(&s, &id).await?;
+    match t.status {
+        TaskStatus::Completed => Ok(Json(json!({
+            "task_id": t.id,
+            "status": t.status.as_str(),
+            "operation_code": t.operation_code,
+            "result_data": t.result_data,
+        }))),
+        TaskStatus::Failed | TaskStatus::Cancelled => Err(ApiError::Conflict {
+            code: "task_failed",
+            message: format!(
+                "task {id} {} without a result: {}",
+                t.status.as_str(),
+                t.error_message.as_deref().unwrap_or("no message")
+            ),
+            details: Some(json!({
+                "status": t.status.as_str(),
+                "task_error": { "code": t.error_code, "message": t.error_message },
+            })),
+        }),
+        other => Err(ApiError::Conflict {
+            code: "result_not_ready",
+            message: format!("task {id} is {}; its result is not ready", other.as_str()),
+            details: Some(json!({ "status": other.as_str(), "progress": t.progress })),
+        }),
+    }
+}
+
+async fn history(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    load(&s, &id).await?;
+    let events = s.store.events_after(0, Some(&id), 10_000).await?;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut v: Value = serde_json::from_str(&e.json).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("id".into(), e.id.into());
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "task_id": id, "events": events })))
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Write)?;
+    let outcome = s.store.write(WriteOp::Cancel { task_id: id.clone() }).await?;
+    match outcome {
+        Outcome::Cancel(CancelOutcome::NotFound) => {
+            Err(ApiError::not_found("task_not_found", format!("no task {id}")))
+        }
+        Outcome::Cancel(CancelOutcome::AlreadyFinished(st)) => Err(ApiError::Conflict {
+            code: "task_finished",
+            message: format!("task {id} already {}", st.as_str()),
+            details: Some(json!({ "status": st.as_str() })),
+        }),
+        Outcome::Cancel(CancelOutcome::Cancelled { runner, .. }) => {
+            s.dispatcher.remove_queued(&id);
+            if let Some((runner_id, attempt)) = runner {
+                // The slot stays taken until the runner confirms it stopped (or disconnects).
+                s.dispatcher.cancel_on_runner(&runner_id, &id, attempt);
+            }
+            Ok(Json(task_json(&load(&s, &id).await?)))
+        }
+        other => Err(ApiError::Internal(format!("unexpected cancel outcome {other:?}"))),
+    }
+}

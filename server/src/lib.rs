@@ -1,0 +1,147 @@
+//! `dap-server`: the DAP coordinator as a library, so tests and the binary start the same thing.
+//!
+//! [`build_state`] opens the store and wires the parts; [`app`] is the axum router (tests call it
+//! with `oneshot`); [`serve`] runs it on a listener until a shutdown future resolves. The binary
+//! (`main.rs`) only parses the command line and calls these.
+
+pub mod auth;
+pub mod config;
+pub mod dispatcher;
+pub mod events;
+pub mod http;
+pub mod socket;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::ServeConfig;
+use dispatcher::Dispatcher;
+
+/// Tunables the handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat: Duration,
+}
+
+/// Everything a handler can reach.
+pub struct Shared {
+    pub store: store::Store,
+    pub bus: events::EventBus,
+    pub dispatcher: Arc<Dispatcher>,
+    pub jwt: auth::JwtKeys,
+    pub keys: auth::ApiKeyVerifier,
+    pub settings: Settings,
+    /// Flips to `true` when the server is shutting down; long-lived streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    cors_origins: Vec<String>,
+}
+
+pub type AppState = Arc<Shared>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Opens the store (applying migrations), requeues tasks orphaned by a previous process and
+/// loads the queue.
+pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ServerError::Io(format!("creating {}", config.data_dir.display()), e))?;
+    let bus = events::EventBus::new();
+    let store = store::Store::open(&config.database_url, bus.clone()).await?;
+    let requeued = store.requeue_orphans().await?;
+    if requeued > 0 {
+        tracing::info!(requeued, "tasks left running by a previous process were requeued");
+    }
+    let jwt = auth::JwtKeys::load_or_create(&config.data_dir)?;
+    let dispatcher = Dispatcher::new(store.clone());
+    let queued = dispatcher.load_queue().await?;
+    tracing::info!(queued, "store open");
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    Ok(Arc::new(Shared {
+        keys: auth::ApiKeyVerifier::new(store.clone()),
+        store,
+        bus,
+        dispatcher,
+        jwt,
+        settings: Settings {
+            heartbeat: config.heartbeat,
+        },
+        shutdown,
+        shutdown_tx,
+        cors_origins: config.cors_origins.clone(),
+    }))
+}
+
+/// The router with its middleware.
+pub fn app(state: AppState) -> Router {
+    let mut router = http::router()
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(
+            // Log method and path only: query strings can carry SSE tickets.
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        );
+    let origins: Vec<HeaderValue> = state
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if !origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("last-event-id"),
+                ]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then closes runner sockets and SSE
+/// streams and waits (up to 5 s) for in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tx = state.shutdown_tx.clone();
+    let mut done = state.shutdown.clone();
+    let app = app(state);
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = done.wait_for(|v| *v).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => {
+            tracing::warn!("connections still open 5 s after shutdown; exiting anyway");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Test harness: a real `dap-server` on 127.0.0.1:0 (in-process or as a child process), API
+//! keys of each scope, and a protocol-level runner that speaks the real WebSocket protocol so
+//! tests can hold, progress and finish tasks exactly when they want.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dap_protocol::{
+    Assignment, ColumnInfo, Completed, DatasetFormat, DatasetInfo, Hello, Progress, RunnerMessage,
+    ServerMessage, PROTOCOL_VERSION,
+};
+use dap_server::store::Scope;
+use dap_server::{auth, build_state, serve, AppState, ServeConfig};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "dap-test-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub state: AppState,
+    pub dir: PathBuf,
+    pub admin_key: String,
+    pub write_key: String,
+    pub read_key: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = temp_dir("srv");
+        let mut config = ServeConfig::for_dir(&dir);
+        tune(&mut config);
+        let state = build_state(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            serve(listener, st, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let key = |scope| {
+            let store = state.store.clone();
+            async move {
+                auth::api_keys::create_api_key(&store, "test", scope)
+                    .await
+                    .unwrap()
+                    .1
+            }
+        };
+        let admin_key = key(Scope::Admin).await;
+        let write_key = key(Scope::Write).await;
+        let read_key = key(Scope::Read).await;
+        Self {
+            addr,
+            state,
+            dir,
+            admin_key,
+            write_key,
+            read_key,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Enrols a runner; returns (runner_id, credential).
+    pub async fn enrol(&self, name: &str) -> (String, String) {
+        let (st, v) = self
+            .post("/api/v1/runners", &self.admin_key, json!({ "name": name }))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        (
+            v["runner_id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn create_task(&self, body: Value) -> (u16, Value) {
+        self.post("/api/v1/tasks", &self.write_key, body).await
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let (st, v) = self.get(&format!("/api/v1/tasks/{id}"), &self.read_key).await;
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    pub async fn task_total(&self) -> u64 {
+        let (st, v) = self.get("/api/v1/tasks?limit=1", &self.read_key).await;
+        assert_eq!(st, 200, "{v}");
+        v["total"].as_u64().unwrap()
+    }
+
+    /// Polls until the task reaches `status` (or panics after `secs`).
+    pub async fn wait_status(&self, id: &str, status: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = self.task(id).await;
+            if t["status"] == status {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} did not reach {status}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Exchanges a runner credential for a socket JWT.
+pub async fn runner_jwt(base: &str, credential: &str) -> Result<String, u16> {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{}", dap_protocol::TOKEN_PATH))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap();
+    if !r.status().is_success() {
+        return Err(r.status().as_u16());
+    }
+    let v: Value = r.json().await.unwrap();
+    Ok(v["token"].as_str().unwrap().to_owned())
+}
+
+/// Opens the runner socket with `bearer` (or none); `Err(status)` when the upgrade is refused.
+pub async fn ws_connect(addr: std::net::SocketAddr, bearer: Option<&str>) -> Result<Ws, u16> {
+    let mut req = format!("ws://{addr}{}", dap_protocol::CONNECT_PATH)
+        .into_client_request()
+        .unwrap();
+    if let Some(b) = bearer {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {b}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+pub fn dataset(name: &str) -> DatasetInfo {
+    DatasetInfo {
+        name: name.into(),
+        format: DatasetFormat::Csv,
+        columns: vec![ColumnInfo {
+            name: "x".into(),
+            dtype: "i64".into(),
+        }],
+        row_count: Some(3),
+    }
+}
+
+/// A runner that speaks the protocol over a real socket, driven step by step by the test.
+pub struct ProtoRunner {
+    pub ws: Ws,
+    pub runner_id: String,
+}
+
+impl ProtoRunner {
+    pub async fn connect(
+        srv_addr: std::net::SocketAddr,
+        credential: &str,
+        slots: u32,
+        datasets: &[&str],
+    ) -> Self {
+        let base = format!("http://{srv_addr}");
+        let jwt = runner_jwt(&base, credential).await.expect("token exchange");
+        let mut ws = ws_connect(srv_addr, Some(&jwt)).await.expect("upgrade");
+        let hello = RunnerMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: "proto-runner".into(),
+            version: "test".into(),
+            slots,
+            operations: dap_protocol::op::ALL.to_vec(),
+            datasets: datasets.iter().map(|d| dataset(d)).collect(),
+            running: vec![],
+        });
+        ws.send(Message::Text(hello.to_json().into())).await.unwrap();
+        let runner_id = match next_server_message(&mut ws, 5).await {
+            Some(ServerMessage::Welcome { runner_id, .. }) => runner_id,
+            other => panic!("expected welcome, got {other:?}"),
+        };
+        Self { ws, runner_id }
+    }
+
+    pub async fn next(&mut self, secs: u64) -> Option<ServerMessage> {
+        next_server_message(&mut self.ws, secs).await
+    }
+
+    pub async fn next_assignment(&mut self, secs: u64) -> Assignment {
+        match self.next(secs).await {
+            Some(ServerMessage::Assign(a)) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, m: RunnerMessage) {
+        self.ws.send(Message::Text(m.to_json().into())).await.unwrap();
+    }
+
+    pub async fn progress(&mut self, a: &Assignment, percent: u8, stage: &str) {
+        self.send(RunnerMessage::Progress(Progress {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            percent,
+            stage: Some(stage.into()),
+            message: None,
+        }))
+        .await;
+    }
+
+    pub async fn complete(&mut self, a: &Assignment, result: Value) {
+        self.send(RunnerMessage::Completed(Completed {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            result_data: result,
+        }))
+        .await;
+    }
+}
+
+/// Next protocol message (skipping pings); `None` on close or after `secs` of silence.
+pub async fn next_server_message(ws: &mut Ws, secs: u64) -> Option<ServerMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match m {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(other) => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads SSE events from `url` with optional `Last-Event-ID` until `until` says stop.
+pub async fn read_sse(
+    url: &str,
+    bearer: Option<&str>,
+    last_event_id: Option<i64>,
+    secs: u64,
+    mut until: impl FnMut(&[(i64, String, Value)]) -> bool,
+) -> Vec<(i64, String, Value)> {
+    use eventsource_stream::Eventsource;
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200, "SSE refused");
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !until(&out) {
+        let ev = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(ev))) => ev,
+            other => panic!("SSE ended early ({:?}) after {out:?}", other.map(|o| o.map(|r| r.err()))),
+        };
+        let data: Value = serde_json::from_str(&ev.data).unwrap();
+        out.push((ev.id.parse().unwrap(), ev.event, data));
+    }
+    out
+}

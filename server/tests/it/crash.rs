@@ -1,0 +1,117 @@
+//! Crash safety with the real binary: `kill -9` after a 201 loses nothing, and tasks left
+//! assigned by the dead process are dispatched again when a runner reconnects.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dap-server");
+
+/// Starts `dap-server serve` on port 0 and returns the child and its address.
+fn start(dir: &Path) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("DAP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed its address");
+    (child, addr.parse().unwrap())
+}
+
+fn cli(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
+    let dir = temp_dir("crash");
+    let key = cli(&dir, &["apikey", "create", "--name", "ci", "--scope", "admin"]);
+    assert!(key.starts_with("dap_") && !key.contains('\n'), "key alone on stdout");
+
+    let (mut child, addr) = start(&dir);
+    let base = format!("http://{addr}");
+    let (st, v) = call(reqwest::Method::POST, format!("{base}/api/v1/runners"), &key, Some(json!({"name": "r"}))).await;
+    assert_eq!(st, 201);
+    let cred = v["token"].as_str().unwrap().to_owned();
+    let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
+
+    let (st, a) = call(reqwest::Method::POST, format!("{base}/api/v1/tasks"), &key, Some(json!({"operation_code": 1}))).await;
+    assert_eq!((st, a["status"].as_str()), (201, Some("assigned")));
+    let held = runner.next_assignment(5).await;
+    let (st, b) = call(reqwest::Method::POST, format!("{base}/api/v1/tasks"), &key, Some(json!({"operation_code": 1}))).await;
+    assert_eq!((st, b["status"].as_str()), (201, Some("queued")));
+
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(runner);
+
+    let (mut child, addr) = start(&dir);
+    let base = format!("http://{addr}");
+    for t in [&a, &b] {
+        let id = t["task_id"].as_str().unwrap();
+        let (st, v) = call(reqwest::Method::GET, format!("{base}/api/v1/tasks/{id}"), &key, None).await;
+        assert_eq!(st, 200, "task {id} survived the crash");
+        assert_eq!(v["status"], "queued");
+    }
+    let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
+    let first = runner.next_assignment(5).await;
+    assert_eq!(first.task_id, held.task_id);
+    assert_eq!(first.attempt, 2, "a new attempt fences the one the dead server handed out");
+    runner.complete(&first, json!({"n": 1})).await;
+    let second = runner.next_assignment(5).await;
+    assert_eq!(second.task_id, b["task_id"].as_str().unwrap());
+    runner.complete(&second, json!({"n": 2})).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = call(reqwest::Method::GET, format!("{base}/api/v1/tasks?status=completed"), &key, None).await;
+        if v["total"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

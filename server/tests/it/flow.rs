@@ -1,0 +1,231 @@
+//! The push loop end to end: create → pushed → progress → completed → result, seen over REST
+//! and over SSE, and SSE resumption with Last-Event-ID.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn create_push_progress_complete_result_and_sse() {
+    let srv = TestServer::start().await;
+    let (runner_id, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &["sales"]).await;
+    assert_eq!(runner.runner_id, runner_id);
+
+    // Watch the task's events from the start of the log.
+    let (st, v) = srv
+        .create_task(json!({ "operation_code": 100, "params": { "dataset": "sales", "limit": 5 } }))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["status"], "assigned");
+    assert_eq!(v["runner_id"], runner_id.as_str());
+    let task_id = v["task_id"].as_str().unwrap().to_owned();
+
+    // Pushed at once, with attempt 1 and the params we sent.
+    let a = runner.next_assignment(5).await;
+    assert_eq!(a.task_id, task_id);
+    assert_eq!(a.attempt, 1);
+    assert_eq!(a.operation_code, 100);
+    assert_eq!(a.params["limit"], 5);
+
+    // Result not ready yet.
+    let (st, v) = srv
+        .get(&format!("/api/v1/tasks/{task_id}/result"), &srv.read_key)
+        .await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("result_not_ready")));
+
+    runner.progress(&a, 10, "reading").await;
+    runner.progress(&a, 60, "counting").await;
+    runner.progress(&a, 40, "regression").await; // must be dropped
+    runner.progress(&a, 90, "page").await;
+    let t = loop {
+        let t = srv.task(&task_id).await;
+        if t["progress"] == 90 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(t["status"], "running");
+    assert_eq!(t["stage"], "page");
+
+    runner
+        .complete(&a, json!({ "row_count": 3, "rows": [[1], [2], [3]] }))
+        .await;
+    let t = srv.wait_status(&task_id, "completed", 5).await;
+    assert_eq!(t["progress"], 100);
+    assert!(t["finished_at"].is_string() && t["started_at"].is_string());
+    let (st, v) = srv
+        .get(&format!("/api/v1/tasks/{task_id}/result"), &srv.read_key)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result_data"]["row_count"], 3);
+
+    // The same sequence over SSE, replayed from the log (Last-Event-ID 0), filtered to the task.
+    let url = srv.url(&format!("/api/v1/events?task_id={task_id}"));
+    let events = read_sse(&url, Some(&srv.read_key), Some(0), 5, |e| {
+        e.iter().any(|(_, k, _)| k == "task.completed")
+    })
+    .await;
+    let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "task.created",
+            "task.assigned",
+            "task.progress",
+            "task.progress",
+            "task.progress",
+            "task.completed"
+        ]
+    );
+    let percents: Vec<u64> = events
+        .iter()
+        .filter(|(_, k, _)| k == "task.progress")
+        .map(|(_, _, d)| d["progress"].as_u64().unwrap())
+        .collect();
+    assert_eq!(percents, [10, 60, 90], "regression 40 must not appear");
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    assert!(events.iter().all(|(id, _, d)| d["id"] == *id && d["task_id"] == task_id.as_str()));
+
+    // The task's history endpoint has the same events.
+    let (st, h) = srv
+        .get(&format!("/api/v1/tasks/{task_id}/events"), &srv.read_key)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(h["events"].as_array().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates() {
+    let srv = TestServer::start().await;
+    let (_, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 4, &[]).await;
+
+    // A ticket-authenticated live stream (no key in the URL), opened before any task exists.
+    let (st, t) = srv.post("/api/v1/sse-tickets", &srv.read_key, json!({})).await;
+    assert_eq!(st, 200, "{t}");
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    assert!(t["expires_in"].as_i64().unwrap() <= 60);
+    let url = srv.url(&format!("/api/v1/events?ticket={ticket}"));
+
+    let driver = async {
+        // Give the stream a moment to subscribe, then produce 5 no-op tasks.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..5 {
+            let (st, _) = srv.create_task(json!({ "operation_code": 1 })).await;
+            assert_eq!(st, 201);
+            let a = runner.next_assignment(5).await;
+            runner.progress(&a, 50, "half").await;
+            runner.complete(&a, json!({ "noop": true })).await;
+        }
+        runner
+    };
+    let reader = read_sse(&url, None, None, 10, |e| {
+        e.iter().filter(|(_, k, _)| k == "task.completed").count() >= 2
+    });
+    let (first, mut runner) = tokio::join!(reader, driver);
+    let last_seen = first.last().unwrap().0;
+
+    // Wait until all 5 are done, then resume from where the first connection stopped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while srv
+        .get("/api/v1/tasks?status=completed", &srv.read_key)
+        .await
+        .1["total"]
+        != 5
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, t) = srv.post("/api/v1/sse-tickets", &srv.read_key, json!({})).await;
+    let url = srv.url(&format!(
+        "/api/v1/events?ticket={}",
+        t["ticket"].as_str().unwrap()
+    ));
+    let rest = read_sse(&url, None, Some(last_seen), 5, |e| {
+        e.iter().filter(|(_, k, _)| k == "task.completed").count() >= 3
+    })
+    .await;
+
+    let all_completed: Vec<&str> = first
+        .iter()
+        .chain(rest.iter())
+        .filter(|(_, k, _)| k == "task.completed")
+        .map(|(_, _, d)| d["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all_completed.len(), 5);
+    let mut ids: Vec<i64> = first.iter().chain(rest.iter()).map(|e| e.0).collect();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no duplicates");
+    assert!(rest.first().unwrap().0 > last_seen);
+
+    // No gaps: the union equals the stored log over the same range.
+    let log = srv
+        .state
+        .store
+        .events_after(first[0].0 - 1, None, 10_000)
+        .await
+        .unwrap();
+    let log_ids: Vec<i64> = log
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| *id <= rest.last().unwrap().0)
+        .collect();
+    assert_eq!(ids, log_ids);
+    drop(runner.ws.close(None).await);
+}
+
+#[tokio::test]
+async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
+    let srv = TestServer::start().await;
+    let (st, v) = srv
+        .create_task(json!({ "operation_code": 100, "params": { "dataset": "sales" } }))
+        .await;
+    assert_eq!(st, 201);
+    assert_eq!(v["status"], "queued");
+    let queued_id = v["task_id"].as_str().unwrap().to_owned();
+
+    // A task for a dataset nobody has stays queued even when a runner connects.
+    let (_, other) = srv
+        .create_task(json!({ "operation_code": 100, "params": { "dataset": "elsewhere" } }))
+        .await;
+    let other_id = other["task_id"].as_str().unwrap().to_owned();
+
+    let (_, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 2, &["sales"]).await;
+    let a = runner.next_assignment(5).await;
+    assert_eq!(a.task_id, queued_id);
+    assert!(runner.next(1).await.is_none(), "the other task must not be pushed");
+    assert_eq!(srv.task(&other_id).await["status"], "queued");
+
+    // Cancel the running one: the runner is told, the task is cancelled.
+    let (st, v) = srv
+        .post(&format!("/api/v1/tasks/{queued_id}/cancel"), &srv.write_key, json!({}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    match runner.next(5).await {
+        Some(dap_protocol::ServerMessage::Cancel { task_id, attempt }) => {
+            assert_eq!((task_id.as_str(), attempt), (queued_id.as_str(), 1));
+        }
+        other => panic!("expected cancel, got {other:?}"),
+    }
+    // A late completion does not resurrect it.
+    runner.complete(&a, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(srv.task(&queued_id).await["status"], "cancelled");
+
+    // Cancelling a queued task removes it from the queue; a second cancel is a conflict.
+    let (st, _) = srv
+        .post(&format!("/api/v1/tasks/{other_id}/cancel"), &srv.write_key, json!({}))
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = srv
+        .post(&format!("/api/v1/tasks/{other_id}/cancel"), &srv.write_key, json!({}))
+        .await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("task_finished")));
+    assert_eq!(srv.state.dispatcher.queue_depth(), 0);
+}

@@ -1,0 +1,9 @@
+//! Integration tests of dap-server: one test binary (to keep link time down), real server on
+//! port 0, real sockets.
+
+mod common;
+
+mod auth;
+mod crash;
+mod dispatch;
+mod flow;
