@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "dap-server", version, about = "DAP coordinator: REST API, runner sockets, live feed")]
+#[command(
+    name = "dap-server",
+    version,
+    about = "DAP coordinator: REST API, runner sockets, live feed"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -24,7 +28,12 @@ pub struct StoreArgs {
     #[arg(long, env = "DAP_DATABASE", global = true)]
     pub database: Option<String>,
     /// Directory for the database (by default), the signing key and blobs.
-    #[arg(long, env = "DAP_DATA_DIR", default_value = "./dap-data", global = true)]
+    #[arg(
+        long,
+        env = "DAP_DATA_DIR",
+        default_value = "./dap-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 }
 
@@ -46,16 +55,32 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "DAP_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "DAP_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
     /// Interval of WebSocket pings to runners; three missed ones drop the link.
     #[arg(long, env = "DAP_HEARTBEAT_MS", default_value_t = 3000, global = true)]
     pub heartbeat_ms: u64,
     /// Browser origins allowed to call the API and the SSE feed (comma-separated); none by default.
-    #[arg(long = "cors-origin", env = "DAP_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "cors-origin",
+        env = "DAP_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub cors_origins: Vec<String>,
     /// Log format.
-    #[arg(long, env = "DAP_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "DAP_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 

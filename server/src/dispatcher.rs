@@ -47,7 +47,10 @@ impl RunnerState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// Every slot is taken; these tasks are running there.
-    Busy { running: Vec<String> },
+    Busy {
+        name: String,
+        running: Vec<String>,
+    },
     /// Not connected to this node.
     Offline,
     UnsupportedOperation,
@@ -81,7 +84,10 @@ impl QueuedTask {
 
 /// `params.dataset` when it is a string.
 pub fn dataset_of(params: &Value) -> Option<String> {
-    params.get("dataset").and_then(Value::as_str).map(str::to_owned)
+    params
+        .get("dataset")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// Snapshot of a connected runner for listings.
@@ -120,7 +126,9 @@ impl LiveRunner {
     fn can_take(&self, runner_id: &str, t: &QueuedTask) -> bool {
         (self.running.len() as u32) < self.slots
             && self.operations.contains(&t.operation_code)
-            && t.dataset.as_ref().is_none_or(|d| self.dataset_names.contains(d))
+            && t.dataset
+                .as_ref()
+                .is_none_or(|d| self.dataset_names.contains(d))
             && t.target.as_deref().is_none_or(|r| r == runner_id)
     }
 }
@@ -212,7 +220,10 @@ impl Dispatcher {
             if r.running.len() as u32 >= r.slots {
                 let mut running: Vec<String> = r.running.keys().cloned().collect();
                 running.sort();
-                return Err(Refusal::Busy { running });
+                return Err(Refusal::Busy {
+                    name: r.name.clone(),
+                    running,
+                });
             }
             r.running.insert(t.task_id.clone(), 1);
             let change = (r.state() == RunnerState::Busy).then(|| target.to_owned());
@@ -309,10 +320,7 @@ impl Dispatcher {
     /// Closes a runner's live socket (revocation). True if it was connected.
     pub fn close_runner(&self, runner_id: &str, code: u16, reason: &str) -> bool {
         match self.lock().runners.get(runner_id) {
-            Some(r) => r
-                .tx
-                .send(Outbound::Close(code, reason.to_owned()))
-                .is_ok(),
+            Some(r) => r.tx.send(Outbound::Close(code, reason.to_owned())).is_ok(),
             None => false,
         }
     }
@@ -389,7 +397,8 @@ impl Dispatcher {
             r.running.into_iter().collect::<Vec<_>>()
         };
         self.emit(runner_id, "runner.offline", RunnerState::Offline);
-        self.requeue(runner_id, orphans, "runner_disconnected").await;
+        self.requeue(runner_id, orphans, "runner_disconnected")
+            .await;
         self.pump_all().await;
     }
 
@@ -449,6 +458,9 @@ impl Dispatcher {
                 let mut picked = Vec::new();
                 let mut orders = Vec::new();
                 for (order, t) in st.queue.iter() {
+                    if r.running.len() as u32 >= r.slots {
+                        break;
+                    }
                     if !r.can_take(runner_id, t) {
                         continue;
                     }
@@ -491,8 +503,12 @@ impl Dispatcher {
                             // The runner went away between pick and push; its unregister
                             // requeues what it held, but this task was not yet in the store
                             // as assigned when that ran, so requeue it here.
-                            self.requeue(runner_id, vec![(t.task_id, attempt)], "runner_disconnected")
-                                .await;
+                            self.requeue(
+                                runner_id,
+                                vec![(t.task_id, attempt)],
+                                "runner_disconnected",
+                            )
+                            .await;
                         }
                     }
                     Ok(_) => {

@@ -67,7 +67,10 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     let store = store::Store::open(&config.database_url, bus.clone()).await?;
     let requeued = store.requeue_orphans().await?;
     if requeued > 0 {
-        tracing::info!(requeued, "tasks left running by a previous process were requeued");
+        tracing::info!(
+            requeued,
+            "tasks left running by a previous process were requeued"
+        );
     }
     let jwt = auth::JwtKeys::load_or_create(&config.data_dir)?;
     let dispatcher = Dispatcher::new(store.clone());

@@ -75,7 +75,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     println!("{key}");
                 }
                 ApikeyCommand::List => {
-                    println!("{:<18} {:<6} {:<25} {:<25} NAME", "ID", "SCOPE", "CREATED", "REVOKED");
+                    println!(
+                        "{:<18} {:<6} {:<25} {:<25} NAME",
+                        "ID", "SCOPE", "CREATED", "REVOKED"
+                    );
                     for k in store.list_api_keys().await? {
                         println!(
                             "{:<18} {:<6} {:<25} {:<25} {}",

@@ -132,7 +132,13 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
     let conn_id = s.dispatcher.register(&runner_id, &hello, tx.clone()).await;
 
     let mut send_task = tokio::spawn(send_loop(sink, rx, heartbeat, s.shutdown.clone()));
-    let mut recv_task = tokio::spawn(recv_loop(s.clone(), runner_id.clone(), stream, tx, heartbeat));
+    let mut recv_task = tokio::spawn(recv_loop(
+        s.clone(),
+        runner_id.clone(),
+        stream,
+        tx,
+        heartbeat,
+    ));
     tokio::select! {
         _ = &mut send_task => recv_task.abort(),
         _ = &mut recv_task => {
@@ -239,7 +245,12 @@ async fn recv_loop(
     }
 }
 
-async fn handle(s: &AppState, runner_id: &str, msg: RunnerMessage, tx: &mpsc::UnboundedSender<Outbound>) {
+async fn handle(
+    s: &AppState,
+    runner_id: &str,
+    msg: RunnerMessage,
+    tx: &mpsc::UnboundedSender<Outbound>,
+) {
     match msg {
         RunnerMessage::Hello(_) => {
             let _ = tx.send(Outbound::Close(

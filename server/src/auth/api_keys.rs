@@ -25,10 +25,13 @@ pub struct Principal {
     pub scope: Scope,
 }
 
+/// SHA-256 of a presented key → who it is and when that was verified.
+type KeyCache = HashMap<[u8; 32], (Principal, Instant)>;
+
 #[derive(Clone)]
 pub struct ApiKeyVerifier {
     store: Store,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Principal, Instant)>>>,
+    cache: Arc<Mutex<KeyCache>>,
 }
 
 impl ApiKeyVerifier {
@@ -45,7 +48,11 @@ impl ApiKeyVerifier {
             return Ok(p);
         }
         let id = secrets::parse_id(presented, API_KEY_PREFIX).ok_or(AuthError::Invalid)?;
-        let key = self.store.get_api_key(id).await?.ok_or(AuthError::Invalid)?;
+        let key = self
+            .store
+            .get_api_key(id)
+            .await?
+            .ok_or(AuthError::Invalid)?;
         if !secrets::verify(presented.to_owned(), key.hash.clone()).await {
             return Err(AuthError::Invalid);
         }
@@ -79,7 +86,11 @@ impl ApiKeyVerifier {
 }
 
 /// Creates a key and returns `(id, full key)`. The full key is shown once and never stored.
-pub async fn create_api_key(store: &Store, name: &str, scope: Scope) -> Result<(String, String), AuthError> {
+pub async fn create_api_key(
+    store: &Store,
+    name: &str,
+    scope: Scope,
+) -> Result<(String, String), AuthError> {
     let id = secrets::random_key_id();
     let key = format!("{API_KEY_PREFIX}{id}_{}", secrets::random_secret());
     let hash = secrets::hash(key.clone()).await;

@@ -157,7 +157,10 @@ mod tests {
         ));
         let s = k.issue(TokenKind::SseTicket, "key", 30, Some("t1".into()));
         assert_eq!(
-            k.verify(&s, TokenKind::SseTicket).unwrap().task_id.as_deref(),
+            k.verify(&s, TokenKind::SseTicket)
+                .unwrap()
+                .task_id
+                .as_deref(),
             Some("t1")
         );
         assert!(k.verify(&s, TokenKind::Runner).is_err());
@@ -167,7 +170,10 @@ mod tests {
     fn expired_tampered_and_unsigned_tokens_fail() {
         let k = JwtKeys::from_secret(&[7u8; 64]);
         let old = k.issue(TokenKind::Runner, "r1", -120, None);
-        assert!(matches!(k.verify(&old, TokenKind::Runner), Err(AuthError::Expired)));
+        assert!(matches!(
+            k.verify(&old, TokenKind::Runner),
+            Err(AuthError::Expired)
+        ));
 
         let t = k.issue(TokenKind::Runner, "r1", 60, None);
         let other = JwtKeys::from_secret(&[8u8; 64]);
@@ -180,7 +186,11 @@ mod tests {
         let tampered = format!("{}.{}.{}", parts[0], b64.encode(forged), parts[2]);
         assert!(k.verify(&tampered, TokenKind::Runner).is_err());
 
-        let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
         assert!(k.verify(&none, TokenKind::Runner).is_err());
     }
 

@@ -4,7 +4,9 @@
 //! `dapr_<runner_id>_<secret>` for runner credentials) so verification is one lookup and one
 //! argon2id check, never a scan. Hashing is CPU-heavy and runs on the blocking pool.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use base64::Engine;
 use rand::RngCore;
@@ -70,7 +72,10 @@ mod tests {
         let s = format!("dap_abc123_{}", random_secret());
         assert_eq!(parse_id(&s, API_KEY_PREFIX), Some("abc123"));
         assert_eq!(parse_id("dap_abc", API_KEY_PREFIX), None);
-        assert_eq!(parse_id("dap__xxxxxxxxxxxxxxxxxxxxxxx", API_KEY_PREFIX), None);
+        assert_eq!(
+            parse_id("dap__xxxxxxxxxxxxxxxxxxxxxxx", API_KEY_PREFIX),
+            None
+        );
         assert_eq!(parse_id(&s, RUNNER_TOKEN_PREFIX), None);
         // A secret may itself contain '_' (base64url); only the first one splits.
         assert_eq!(

@@ -104,9 +104,7 @@ impl IntoResponse for ApiError {
         };
         let mut err = json!({ "code": code, "message": message });
         if let Some(Value::Object(d)) = details {
-            err.as_object_mut()
-                .expect("literal object")
-                .extend(d.into_iter());
+            err.as_object_mut().expect("literal object").extend(d);
         }
         let mut resp = (status, Json(json!({ "error": err }))).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -58,9 +58,12 @@ async fn ticket(
             ApiError::bad_request("invalid_json", format!("malformed ticket request: {e}"))
         })?
     };
-    let t = s
-        .jwt
-        .issue(TokenKind::SseTicket, &p.key_id, SSE_TICKET_TTL_S, req.task_id.clone());
+    let t = s.jwt.issue(
+        TokenKind::SseTicket,
+        &p.key_id,
+        SSE_TICKET_TTL_S,
+        req.task_id.clone(),
+    );
     Ok(Json(json!({
         "ticket": t,
         "expires_in": SSE_TICKET_TTL_S,

@@ -2,8 +2,8 @@
 //! [`ApiError`]s, and the API-key caller.
 
 use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::auth::{AuthError, Principal};

@@ -23,10 +23,7 @@ pub fn router() -> Router<AppState> {
         .merge(tasks::router())
         .merge(runners::router())
         .merge(events::router())
-        .route(
-            dap_protocol::CONNECT_PATH,
-            get(crate::socket::connect),
-        )
+        .route(dap_protocol::CONNECT_PATH, get(crate::socket::connect))
         .fallback(not_found)
 }
 

@@ -38,7 +38,10 @@ struct Enrol {
 }
 
 /// Creates a runner and its credential. Shared by the REST route and the CLI.
-pub async fn enrol_runner(s: &crate::store::Store, name: &str) -> Result<(String, String), ApiError> {
+pub async fn enrol_runner(
+    s: &crate::store::Store,
+    name: &str,
+) -> Result<(String, String), ApiError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::unprocessable(
@@ -82,7 +85,10 @@ fn runner_json(s: &AppState, r: &Runner) -> Value {
             l.running.clone(),
         ),
         None => (
-            hello.and_then(|h| h.get("slots")).cloned().unwrap_or(Value::Null),
+            hello
+                .and_then(|h| h.get("slots"))
+                .cloned()
+                .unwrap_or(Value::Null),
             hello
                 .and_then(|h| h.get("operations"))
                 .cloned()
@@ -150,9 +156,9 @@ async fn revoke(
             format!("no runner {id}"),
         ));
     }
-    let was_connected = s
-        .dispatcher
-        .close_runner(&id, close_code::REVOKED, "runner credential revoked");
+    let was_connected =
+        s.dispatcher
+            .close_runner(&id, close_code::REVOKED, "runner credential revoked");
     Ok(Json(
         json!({ "runner_id": id, "revoked": true, "disconnected": was_connected }),
     ))
@@ -172,7 +178,10 @@ pub async fn verify_runner_credential(s: &AppState, parts: &Parts) -> Result<Str
     Ok(r.id)
 }
 
-async fn token(State(s): State<AppState>, req: axum::extract::Request) -> Result<Json<Value>, ApiError> {
+async fn token(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
     let (parts, _) = req.into_parts();
     let runner_id = verify_runner_credential(&s, &parts).await?;
     let jwt = s

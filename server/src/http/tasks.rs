@@ -27,9 +27,9 @@ pub fn router() -> Router<AppState> {
 
 /// JSON view of a task.
 pub fn task_json(t: &Task) -> Value {
-    let error = t.error_code.as_ref().map(|code| {
-        json!({ "code": code, "message": t.error_message.clone().unwrap_or_default() })
-    });
+    let error = t.error_code.as_ref().map(
+        |code| json!({ "code": code, "message": t.error_message.clone().unwrap_or_default() }),
+    );
     json!({
         "task_id": t.id,
         "operation_code": t.operation_code,
@@ -172,12 +172,12 @@ async fn create(
     };
     let assign_to = match s.dispatcher.reserve_new(&queued) {
         Ok(r) => r,
-        Err(Refusal::Busy { running }) if !req.queue => {
+        Err(Refusal::Busy { name, running }) if !req.queue => {
             let target = req.runner_id.as_deref().unwrap_or_default();
             return Err(ApiError::Conflict {
                 code: "runner_busy",
                 message: format!(
-                    "runner {target} is busy with task {}; retry later or pass \"queue\": true",
+                    "runner {name} ({target}) is busy with task {}; retry later or pass \"queue\": true",
                     running.join(", ")
                 ),
                 details: Some(json!({ "runner_id": target, "running_tasks": running })),
@@ -390,11 +390,17 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Write)?;
-    let outcome = s.store.write(WriteOp::Cancel { task_id: id.clone() }).await?;
+    let outcome = s
+        .store
+        .write(WriteOp::Cancel {
+            task_id: id.clone(),
+        })
+        .await?;
     match outcome {
-        Outcome::Cancel(CancelOutcome::NotFound) => {
-            Err(ApiError::not_found("task_not_found", format!("no task {id}")))
-        }
+        Outcome::Cancel(CancelOutcome::NotFound) => Err(ApiError::not_found(
+            "task_not_found",
+            format!("no task {id}"),
+        )),
         Outcome::Cancel(CancelOutcome::AlreadyFinished(st)) => Err(ApiError::Conflict {
             code: "task_finished",
             message: format!("task {id} already {}", st.as_str()),
@@ -408,6 +414,8 @@ async fn cancel(
             }
             Ok(Json(task_json(&load(&s, &id).await?)))
         }
-        other => Err(ApiError::Internal(format!("unexpected cancel outcome {other:?}"))),
+        other => Err(ApiError::Internal(format!(
+            "unexpected cancel outcome {other:?}"
+        ))),
     }
 }

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
+use sqlx::Row;
 
 use crate::events::EventBus;
 pub use model::*;
@@ -27,6 +27,8 @@ pub use writer::{CancelOutcome, Outcome, WriteOp, Writer};
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH")]
@@ -61,8 +63,7 @@ impl Store {
             .connect_with(pool_opts.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let conn = pool_opts.connect().await?;
-        let writer = Writer::spawn(conn, bus);
+        let writer = Writer::spawn(pool_opts.get_filename(), synchronous_full(), bus)?;
         Ok(Self { pool, writer })
     }
 
@@ -81,9 +82,10 @@ impl Store {
         if !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
-        let sync = match std::env::var("DAP_SQLITE_SYNCHRONOUS").as_deref() {
-            Ok("FULL") | Ok("full") => SqliteSynchronous::Full,
-            _ => SqliteSynchronous::Normal,
+        let sync = if synchronous_full() {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
         };
         Ok(SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -252,10 +254,12 @@ impl Store {
     }
 
     pub async fn get_runner(&self, id: &str) -> Result<Option<Runner>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| runner_from_row(&r)).transpose()
     }
 
@@ -271,14 +275,13 @@ impl Store {
 
     /// Marks a runner revoked. False when there is no such (unrevoked) runner.
     pub async fn revoke_runner(&self, id: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let n =
+            sqlx::query("UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(n == 1)
     }
 
@@ -322,14 +325,13 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let n =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(n == 1)
     }
 
@@ -338,7 +340,13 @@ impl Store {
     }
 }
 
-const TASK_COLUMNS: &str = "id, operation_code, params, status, target_runner_id, runner_id, attempt, \
+/// `DAP_SQLITE_SYNCHRONOUS=FULL` asks for power-loss durability (see [`Store::open`]).
+fn synchronous_full() -> bool {
+    std::env::var("DAP_SQLITE_SYNCHRONOUS").is_ok_and(|v| v.eq_ignore_ascii_case("full"))
+}
+
+const TASK_COLUMNS: &str =
+    "id, operation_code, params, status, target_runner_id, runner_id, attempt, \
      progress, stage, message, result_data, error_code, error_message, created_at, assigned_at, \
      started_at, finished_at, updated_at";
 const RUNNER_COLUMNS: &str = "id, name, hash, created_at, revoked_at, last_seen_at, hello";

@@ -145,7 +145,9 @@ impl TestServer {
     }
 
     pub async fn task(&self, id: &str) -> Value {
-        let (st, v) = self.get(&format!("/api/v1/tasks/{id}"), &self.read_key).await;
+        let (st, v) = self
+            .get(&format!("/api/v1/tasks/{id}"), &self.read_key)
+            .await;
         assert_eq!(st, 200, "{v}");
         v
     }
@@ -250,7 +252,9 @@ impl ProtoRunner {
             datasets: datasets.iter().map(|d| dataset(d)).collect(),
             running: vec![],
         });
-        ws.send(Message::Text(hello.to_json().into())).await.unwrap();
+        ws.send(Message::Text(hello.to_json().into()))
+            .await
+            .unwrap();
         let runner_id = match next_server_message(&mut ws, 5).await {
             Some(ServerMessage::Welcome { runner_id, .. }) => runner_id,
             other => panic!("expected welcome, got {other:?}"),
@@ -270,7 +274,10 @@ impl ProtoRunner {
     }
 
     pub async fn send(&mut self, m: RunnerMessage) {
-        self.ws.send(Message::Text(m.to_json().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(m.to_json().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn progress(&mut self, a: &Assignment, percent: u8, stage: &str) {
@@ -336,7 +343,10 @@ pub async fn read_sse(
     while !until(&out) {
         let ev = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(ev))) => ev,
-            other => panic!("SSE ended early ({:?}) after {out:?}", other.map(|o| o.map(|r| r.err()))),
+            other => panic!(
+                "SSE ended early ({:?}) after {out:?}",
+                other.map(|o| o.map(|r| r.err()))
+            ),
         };
         let data: Value = serde_json::from_str(&ev.data).unwrap();
         out.push((ev.id.parse().unwrap(), ev.event, data));

@@ -49,11 +49,20 @@ fn cli(dir: &Path, args: &[&str]) -> String {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new().request(method, url).bearer_auth(key);
     if let Some(b) = body {
         req = req.json(&b);
@@ -65,20 +74,44 @@ async fn call(method: reqwest::Method, url: String, key: &str, body: Option<Valu
 #[tokio::test]
 async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
     let dir = temp_dir("crash");
-    let key = cli(&dir, &["apikey", "create", "--name", "ci", "--scope", "admin"]);
-    assert!(key.starts_with("dap_") && !key.contains('\n'), "key alone on stdout");
+    let key = cli(
+        &dir,
+        &["apikey", "create", "--name", "ci", "--scope", "admin"],
+    );
+    assert!(
+        key.starts_with("dap_") && !key.contains('\n'),
+        "key alone on stdout"
+    );
 
     let (mut child, addr) = start(&dir);
     let base = format!("http://{addr}");
-    let (st, v) = call(reqwest::Method::POST, format!("{base}/api/v1/runners"), &key, Some(json!({"name": "r"}))).await;
+    let (st, v) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/runners"),
+        &key,
+        Some(json!({"name": "r"})),
+    )
+    .await;
     assert_eq!(st, 201);
     let cred = v["token"].as_str().unwrap().to_owned();
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
 
-    let (st, a) = call(reqwest::Method::POST, format!("{base}/api/v1/tasks"), &key, Some(json!({"operation_code": 1}))).await;
+    let (st, a) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 1})),
+    )
+    .await;
     assert_eq!((st, a["status"].as_str()), (201, Some("assigned")));
     let held = runner.next_assignment(5).await;
-    let (st, b) = call(reqwest::Method::POST, format!("{base}/api/v1/tasks"), &key, Some(json!({"operation_code": 1}))).await;
+    let (st, b) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 1})),
+    )
+    .await;
     assert_eq!((st, b["status"].as_str()), (201, Some("queued")));
 
     child.kill().unwrap(); // SIGKILL
@@ -89,14 +122,23 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
     let base = format!("http://{addr}");
     for t in [&a, &b] {
         let id = t["task_id"].as_str().unwrap();
-        let (st, v) = call(reqwest::Method::GET, format!("{base}/api/v1/tasks/{id}"), &key, None).await;
+        let (st, v) = call(
+            reqwest::Method::GET,
+            format!("{base}/api/v1/tasks/{id}"),
+            &key,
+            None,
+        )
+        .await;
         assert_eq!(st, 200, "task {id} survived the crash");
         assert_eq!(v["status"], "queued");
     }
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
     let first = runner.next_assignment(5).await;
     assert_eq!(first.task_id, held.task_id);
-    assert_eq!(first.attempt, 2, "a new attempt fences the one the dead server handed out");
+    assert_eq!(
+        first.attempt, 2,
+        "a new attempt fences the one the dead server handed out"
+    );
     runner.complete(&first, json!({"n": 1})).await;
     let second = runner.next_assignment(5).await;
     assert_eq!(second.task_id, b["task_id"].as_str().unwrap());
@@ -104,7 +146,13 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, v) = call(reqwest::Method::GET, format!("{base}/api/v1/tasks?status=completed"), &key, None).await;
+        let (_, v) = call(
+            reqwest::Method::GET,
+            format!("{base}/api/v1/tasks?status=completed"),
+            &key,
+            None,
+        )
+        .await;
         if v["total"] == 2 {
             break;
         }

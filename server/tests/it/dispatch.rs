@@ -17,25 +17,35 @@ async fn busy_runner_gets_409_and_nothing_is_stored_unless_queue_is_asked() {
     let (rid, cred) = srv.enrol("solo").await;
     let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
 
-    let (st, v) = srv.create_task(json!({"operation_code": 1, "runner_id": rid})).await;
+    let (st, v) = srv
+        .create_task(json!({"operation_code": 1, "runner_id": rid}))
+        .await;
     assert_eq!(st, 201);
     let first = v["task_id"].as_str().unwrap().to_owned();
     let a = runner.next_assignment(5).await;
     assert_eq!(a.task_id, first);
-    let (_, r) = srv.get(&format!("/api/v1/runners/{rid}"), &srv.read_key).await;
+    let (_, r) = srv
+        .get(&format!("/api/v1/runners/{rid}"), &srv.read_key)
+        .await;
     assert_eq!(r["state"], "busy");
     assert_eq!(r["current_task"], first.as_str());
 
     let total = srv.task_total().await;
     let events = srv.state.store.last_event_id().await.unwrap();
-    let (st, v) = srv.create_task(json!({"operation_code": 1, "runner_id": rid})).await;
+    let (st, v) = srv
+        .create_task(json!({"operation_code": 1, "runner_id": rid}))
+        .await;
     assert_eq!(st, 409, "{v}");
     assert_eq!(v["error"]["code"], "runner_busy");
     assert!(v["error"]["message"].as_str().unwrap().contains(&first));
     assert_eq!(v["error"]["running_tasks"][0], first.as_str());
     assert_eq!(srv.task_total().await, total, "refusal stored no task");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(srv.state.store.last_event_id().await.unwrap(), events, "and no event");
+    assert_eq!(
+        srv.state.store.last_event_id().await.unwrap(),
+        events,
+        "and no event"
+    );
 
     // With queue: true it is accepted, waits, and starts the moment the slot frees.
     let (st, v) = srv
@@ -49,7 +59,10 @@ async fn busy_runner_gets_409_and_nothing_is_stored_unless_queue_is_asked() {
     let freed_at = std::time::Instant::now();
     let b = runner.next_assignment(5).await;
     assert_eq!(b.task_id, second);
-    assert!(freed_at.elapsed() < Duration::from_millis(500), "started at once");
+    assert!(
+        freed_at.elapsed() < Duration::from_millis(500),
+        "started at once"
+    );
     runner.complete(&b, json!({"ok": 2})).await;
     srv.wait_status(&second, "completed", 5).await;
 }
@@ -135,7 +148,11 @@ async fn two_hundred_concurrent_creates_on_three_two_slot_runners_never_exceed_s
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while done.load(Ordering::SeqCst) < N {
-        assert!(tokio::time::Instant::now() < deadline, "only {} done", done.load(Ordering::SeqCst));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} done",
+            done.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for r in runners {
@@ -144,14 +161,23 @@ async fn two_hundred_concurrent_creates_on_three_two_slot_runners_never_exceed_s
     }
     let max = global_max.load(Ordering::SeqCst);
     assert!(max <= 6, "{max} tasks ran at once on 6 slots");
-    assert!(max >= 2, "the load should have used several slots (max {max})");
+    assert!(
+        max >= 2,
+        "the load should have used several slots (max {max})"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, v) = srv.get("/api/v1/tasks?status=completed&limit=1", &srv.read_key).await;
+        let (_, v) = srv
+            .get("/api/v1/tasks?status=completed&limit=1", &srv.read_key)
+            .await;
         if v["total"] == N as u64 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "completed total {}", v["total"]);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "completed total {}",
+            v["total"]
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -183,12 +209,19 @@ async fn tasks_route_to_runners_holding_the_dataset_and_requeue_on_disconnect() 
     assert_eq!(srv.task(&tid).await["status"], "assigned");
     rb.complete(&a2, json!({"fresh": true})).await;
     srv.wait_status(&tid, "completed", 5).await;
-    let (_, r) = srv.get(&format!("/api/v1/tasks/{tid}/result"), &srv.read_key).await;
+    let (_, r) = srv
+        .get(&format!("/api/v1/tasks/{tid}/result"), &srv.read_key)
+        .await;
     assert_eq!(r["result_data"]["fresh"], true);
 
     // The datasets listing shows who holds what.
     let (st, d) = srv.get("/api/v1/datasets", &srv.read_key).await;
     assert_eq!(st, 200);
-    let names: Vec<&str> = d["datasets"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = d["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a", "b"]);
 }

@@ -34,7 +34,10 @@ async fn create_push_progress_complete_result_and_sse() {
     let (st, v) = srv
         .get(&format!("/api/v1/tasks/{task_id}/result"), &srv.read_key)
         .await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("result_not_ready")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("result_not_ready"))
+    );
 
     runner.progress(&a, 10, "reading").await;
     runner.progress(&a, 60, "counting").await;
@@ -87,7 +90,9 @@ async fn create_push_progress_complete_result_and_sse() {
         .collect();
     assert_eq!(percents, [10, 60, 90], "regression 40 must not appear");
     assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
-    assert!(events.iter().all(|(id, _, d)| d["id"] == *id && d["task_id"] == task_id.as_str()));
+    assert!(events
+        .iter()
+        .all(|(id, _, d)| d["id"] == *id && d["task_id"] == task_id.as_str()));
 
     // The task's history endpoint has the same events.
     let (st, h) = srv
@@ -104,7 +109,9 @@ async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates() {
     let mut runner = ProtoRunner::connect(srv.addr, &cred, 4, &[]).await;
 
     // A ticket-authenticated live stream (no key in the URL), opened before any task exists.
-    let (st, t) = srv.post("/api/v1/sse-tickets", &srv.read_key, json!({})).await;
+    let (st, t) = srv
+        .post("/api/v1/sse-tickets", &srv.read_key, json!({}))
+        .await;
     assert_eq!(st, 200, "{t}");
     let ticket = t["ticket"].as_str().unwrap().to_owned();
     assert!(t["expires_in"].as_i64().unwrap() <= 60);
@@ -139,7 +146,9 @@ async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (_, t) = srv.post("/api/v1/sse-tickets", &srv.read_key, json!({})).await;
+    let (_, t) = srv
+        .post("/api/v1/sse-tickets", &srv.read_key, json!({}))
+        .await;
     let url = srv.url(&format!(
         "/api/v1/events?ticket={}",
         t["ticket"].as_str().unwrap()
@@ -198,12 +207,19 @@ async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
     let mut runner = ProtoRunner::connect(srv.addr, &cred, 2, &["sales"]).await;
     let a = runner.next_assignment(5).await;
     assert_eq!(a.task_id, queued_id);
-    assert!(runner.next(1).await.is_none(), "the other task must not be pushed");
+    assert!(
+        runner.next(1).await.is_none(),
+        "the other task must not be pushed"
+    );
     assert_eq!(srv.task(&other_id).await["status"], "queued");
 
     // Cancel the running one: the runner is told, the task is cancelled.
     let (st, v) = srv
-        .post(&format!("/api/v1/tasks/{queued_id}/cancel"), &srv.write_key, json!({}))
+        .post(
+            &format!("/api/v1/tasks/{queued_id}/cancel"),
+            &srv.write_key,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["status"], "cancelled");
@@ -220,12 +236,23 @@ async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
 
     // Cancelling a queued task removes it from the queue; a second cancel is a conflict.
     let (st, _) = srv
-        .post(&format!("/api/v1/tasks/{other_id}/cancel"), &srv.write_key, json!({}))
+        .post(
+            &format!("/api/v1/tasks/{other_id}/cancel"),
+            &srv.write_key,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200);
     let (st, v) = srv
-        .post(&format!("/api/v1/tasks/{other_id}/cancel"), &srv.write_key, json!({}))
+        .post(
+            &format!("/api/v1/tasks/{other_id}/cancel"),
+            &srv.write_key,
+            json!({}),
+        )
         .await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("task_finished")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("task_finished"))
+    );
     assert_eq!(srv.state.dispatcher.queue_depth(), 0);
 }

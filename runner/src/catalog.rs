@@ -1,0 +1,483 @@
+//! The datasets this runner's owner declared: name → canonical file, format and schema.
+//!
+//! This is the only place that turns a task's dataset *name* into a file, and the only place that
+//! opens dataset files: operations receive a polars `LazyFrame` from [`Dataset::scan`], never a
+//! path. It does not run operations and does not talk to the server; the schema it advertises
+//! ([`DatasetInfo`]) never carries a path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dap_protocol::{failure, ColumnInfo, DatasetFormat, DatasetInfo, TaskError};
+use polars::prelude::*;
+
+use crate::DatasetSpec;
+
+/// Longest dataset name accepted (names travel in every task and the UI's dropdowns).
+const MAX_NAME_LEN: usize = 128;
+/// Rows polars reads to guess column types. The default (100) misreads columns whose first
+/// hundred values look like integers and a later one is a float.
+const INFER_SCHEMA_ROWS: usize = 10_000;
+/// Files up to this size are counted at start so the server can show a row count; counting a
+/// bigger CSV means reading all of it, which would delay every start.
+const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A declared dataset that cannot be served. Reported at start, before connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("dataset name `{name}` is not allowed: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("dataset `{name}` is declared twice")]
+    Duplicate { name: String },
+    #[error("dataset `{name}`: cannot open {}: {source}", .path.display())]
+    Missing {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dataset `{name}`: {} is not a regular file", .path.display())]
+    NotAFile { name: String, path: PathBuf },
+    #[error(
+        "dataset `{name}`: {} files are not supported by this runner version yet (only csv is)",
+        crate::format_name(*.format)
+    )]
+    UnsupportedFormat { name: String, format: DatasetFormat },
+    #[error("dataset `{name}`: cannot read {}: {message}", .path.display())]
+    Unreadable {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// One declared dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    info: DatasetInfo,
+    /// The path as declared, made absolute: re-resolved at every open to notice a swapped symlink.
+    declared: PathBuf,
+    /// Where `declared` pointed when the runner started; the only file ever opened for this name.
+    canonical: PathBuf,
+}
+
+/// All declared datasets, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    datasets: BTreeMap<String, Dataset>,
+}
+
+impl Catalog {
+    /// Check every declared file and read its schema. Blocking (polars reads the files).
+    pub fn open(specs: &[DatasetSpec]) -> Result<Self, CatalogError> {
+        let mut datasets = BTreeMap::new();
+        for spec in specs {
+            validate_dataset_name(&spec.name).map_err(|reason| CatalogError::InvalidName {
+                name: spec.name.clone(),
+                reason,
+            })?;
+            if datasets.contains_key(&spec.name) {
+                return Err(CatalogError::Duplicate {
+                    name: spec.name.clone(),
+                });
+            }
+            let dataset = Dataset::declare(spec)?;
+            datasets.insert(spec.name.clone(), dataset);
+        }
+        Ok(Self { datasets })
+    }
+
+    /// What the greeting advertises, sorted by name.
+    pub fn infos(&self) -> Vec<DatasetInfo> {
+        self.datasets.values().map(|d| d.info.clone()).collect()
+    }
+
+    /// Names of the declared datasets, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.datasets.keys().map(String::as_str)
+    }
+
+    /// The dataset a task asked for, or the typed failure to report.
+    ///
+    /// Anything that is not shaped like a dataset name (a path, a URL, `..`) is refused as
+    /// `path_not_allowed` so the person who wrote the task learns why, instead of a vague
+    /// "unknown dataset".
+    pub fn resolve(&self, requested: &str) -> Result<&Dataset, TaskError> {
+        if let Some(d) = self.datasets.get(requested) {
+            return Ok(d);
+        }
+        if looks_like_path(requested) {
+            return Err(TaskError::new(
+                failure::PATH_NOT_ALLOWED,
+                format!(
+                    "params.dataset must name a declared dataset, not a path or URL (got `{}`)",
+                    shorten(requested)
+                ),
+            ));
+        }
+        let declared: Vec<&str> = self.names().collect();
+        let declared = if declared.is_empty() {
+            "none".to_owned()
+        } else {
+            declared.join(", ")
+        };
+        Err(TaskError::new(
+            failure::UNKNOWN_DATASET,
+            format!(
+                "params.dataset `{requested}` is not declared on this runner (declared: {declared})"
+            ),
+        ))
+    }
+}
+
+impl Dataset {
+    fn declare(spec: &DatasetSpec) -> Result<Self, CatalogError> {
+        let name = spec.name.clone();
+        let declared = std::path::absolute(&spec.path).map_err(|source| CatalogError::Missing {
+            name: name.clone(),
+            path: spec.path.clone(),
+            source,
+        })?;
+        let canonical =
+            std::fs::canonicalize(&declared).map_err(|source| CatalogError::Missing {
+                name: name.clone(),
+                path: spec.path.clone(),
+                source,
+            })?;
+        let meta = std::fs::metadata(&canonical).map_err(|source| CatalogError::Missing {
+            name: name.clone(),
+            path: spec.path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(CatalogError::NotAFile {
+                name,
+                path: spec.path.clone(),
+            });
+        }
+        if spec.format != DatasetFormat::Csv {
+            return Err(CatalogError::UnsupportedFormat {
+                name,
+                format: spec.format,
+            });
+        }
+
+        let mut dataset = Dataset {
+            info: DatasetInfo {
+                name: name.clone(),
+                format: spec.format,
+                columns: Vec::new(),
+                row_count: None,
+            },
+            declared,
+            canonical,
+        };
+        let unreadable = |message: String| CatalogError::Unreadable {
+            name: name.clone(),
+            path: spec.path.clone(),
+            message,
+        };
+        let mut lf = dataset.scan().map_err(|e| unreadable(e.message))?;
+        let schema = lf
+            .collect_schema()
+            .map_err(|e| unreadable(dataset.redact(&e.to_string())))?;
+        dataset.info.columns = columns_of(&schema);
+        if meta.len() <= COUNT_AT_START_MAX_BYTES {
+            dataset.info.row_count =
+                Some(count_rows(lf).map_err(|e| unreadable(dataset.redact(&e.to_string())))?);
+        }
+        Ok(dataset)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn info(&self) -> &DatasetInfo {
+        &self.info
+    }
+
+    /// A lazy scan of the declared file. Re-checks that the declared path still resolves to the
+    /// file it resolved to at start: if a symlink was swapped (or the file removed), refuse
+    /// rather than read whatever it points at now.
+    pub fn scan(&self) -> Result<LazyFrame, TaskError> {
+        let path = self.checked_path()?;
+        match self.info.format {
+            DatasetFormat::Csv => LazyCsvReader::new(path)
+                .with_has_header(true)
+                .with_infer_schema_length(Some(INFER_SCHEMA_ROWS))
+                .finish()
+                .map_err(|e| self.data_error(&e)),
+            other => Err(TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "{} datasets are not supported by this runner version yet",
+                    crate::format_name(other)
+                ),
+            )),
+        }
+    }
+
+    fn checked_path(&self) -> Result<&Path, TaskError> {
+        let now = std::fs::canonicalize(&self.declared).map_err(|_| {
+            TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "dataset `{}` is no longer available at its declared location",
+                    self.name()
+                ),
+            )
+        })?;
+        if now != self.canonical {
+            return Err(TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "dataset `{}` now resolves to a different file than when the runner started; \
+                     refusing to read it (restart the runner to accept the new target)",
+                    self.name()
+                ),
+            ));
+        }
+        let is_file = std::fs::metadata(&self.canonical)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
+        if !is_file {
+            return Err(TaskError::new(
+                failure::DATA_ERROR,
+                format!("dataset `{}` is no longer a regular file", self.name()),
+            ));
+        }
+        Ok(&self.canonical)
+    }
+
+    /// A polars failure as a `data_error`, with this machine's paths taken out: the message
+    /// goes to the server and its users, who are told dataset names, never local paths.
+    pub fn data_error(&self, err: &PolarsError) -> TaskError {
+        TaskError::new(
+            failure::DATA_ERROR,
+            format!(
+                "dataset `{}`: {}",
+                self.name(),
+                self.redact(&err.to_string())
+            ),
+        )
+    }
+
+    fn redact(&self, message: &str) -> String {
+        let placeholder = format!("<dataset {}>", self.name());
+        let mut out = message.to_owned();
+        for p in [&self.canonical, &self.declared] {
+            let p = p.to_string_lossy();
+            if !p.is_empty() {
+                out = out.replace(p.as_ref(), &placeholder);
+            }
+        }
+        out
+    }
+}
+
+/// Our column list from a polars schema; dtype names as polars prints them (`i64`, `str`, …).
+pub fn columns_of(schema: &Schema) -> Vec<ColumnInfo> {
+    schema
+        .iter()
+        .map(|(name, dtype)| ColumnInfo {
+            name: name.to_string(),
+            dtype: dtype.to_string(),
+        })
+        .collect()
+}
+
+/// Number of rows behind a lazy frame, via a lazy `len()` so polars can count without parsing.
+pub fn count_rows(lf: LazyFrame) -> PolarsResult<u64> {
+    let df = lf.select([len().alias("n")]).collect()?;
+    let value = df.column("n")?.get(0)?;
+    value
+        .extract::<u64>()
+        .ok_or_else(|| PolarsError::ComputeError("row count is not a number".into()))
+}
+
+/// Check a name an owner declares. Names are what tasks and UIs use, so they must not look like
+/// paths either.
+pub fn validate_dataset_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("it is longer than {MAX_NAME_LEN} characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err("use only letters, digits, `_`, `.` and `-`".into());
+    }
+    if name.contains("..") || name == "." {
+        return Err("it must not contain `..` or be `.`".into());
+    }
+    Ok(())
+}
+
+/// True when a requested dataset name is really a path or URL (or anything else that is not
+/// shaped like a dataset name).
+pub fn looks_like_path(s: &str) -> bool {
+    s.contains('/')
+        || s.contains('\\')
+        || s.contains("..")
+        || s.contains("://")
+        || validate_dataset_name(s).is_err()
+}
+
+/// Echo at most a short prefix of caller input in messages.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+
+    fn csv_spec(dir: &TempDir, name: &str, file: &str, body: &str) -> DatasetSpec {
+        let path = dir.write(file, body);
+        DatasetSpec {
+            name: name.into(),
+            path,
+            format: DatasetFormat::Csv,
+        }
+    }
+
+    #[test]
+    fn declares_csv_with_schema_and_count() {
+        let dir = TempDir::new();
+        let spec = csv_spec(&dir, "sales", "sales.csv", "a,b,c\n1,x,1.5\n2,y,2.5\n3,,\n");
+        let cat = Catalog::open(&[spec]).unwrap();
+        let infos = cat.infos();
+        assert_eq!(infos.len(), 1);
+        let info = &infos[0];
+        assert_eq!(info.name, "sales");
+        assert_eq!(info.row_count, Some(3));
+        let cols: Vec<(&str, &str)> = info
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.dtype.as_str()))
+            .collect();
+        assert_eq!(cols, vec![("a", "i64"), ("b", "str"), ("c", "f64")]);
+        // The advertisement never carries the path.
+        let json = serde_json::to_string(info).unwrap();
+        assert!(!json.contains(dir.path().to_str().unwrap()), "{json}");
+    }
+
+    #[test]
+    fn refuses_paths_urls_and_undeclared_names() {
+        let dir = TempDir::new();
+        let cat = Catalog::open(&[csv_spec(&dir, "sales", "s.csv", "a\n1\n")]).unwrap();
+        assert_eq!(cat.resolve("sales").unwrap().name(), "sales");
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "http://example.com/data.csv",
+            "..",
+            "a\\b",
+            "sales/../../etc",
+            "file:///etc/passwd",
+            "",
+        ] {
+            let e = cat.resolve(bad).unwrap_err();
+            assert_eq!(e.code, failure::PATH_NOT_ALLOWED, "{bad}: {e:?}");
+        }
+        let e = cat.resolve("orders").unwrap_err();
+        assert_eq!(e.code, failure::UNKNOWN_DATASET);
+        assert!(
+            e.message.contains("orders") && e.message.contains("sales"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn refuses_missing_files_directories_and_bad_names() {
+        let dir = TempDir::new();
+        let missing = DatasetSpec {
+            name: "m".into(),
+            path: dir.path().join("nope.csv"),
+            format: DatasetFormat::Csv,
+        };
+        assert!(matches!(
+            Catalog::open(&[missing]),
+            Err(CatalogError::Missing { .. })
+        ));
+        let a_dir = DatasetSpec {
+            name: "d".into(),
+            path: dir.path().to_path_buf(),
+            format: DatasetFormat::Csv,
+        };
+        assert!(matches!(
+            Catalog::open(&[a_dir]),
+            Err(CatalogError::NotAFile { .. })
+        ));
+        let bad_name = csv_spec(&dir, "../up", "u.csv", "a\n1\n");
+        assert!(matches!(
+            Catalog::open(&[bad_name]),
+            Err(CatalogError::InvalidName { .. })
+        ));
+        let twice = vec![
+            csv_spec(&dir, "x", "x1.csv", "a\n1\n"),
+            csv_spec(&dir, "x", "x2.csv", "a\n1\n"),
+        ];
+        assert!(matches!(
+            Catalog::open(&twice),
+            Err(CatalogError::Duplicate { .. })
+        ));
+        let parquet = DatasetSpec {
+            format: DatasetFormat::Parquet,
+            ..csv_spec(&dir, "p", "p.parquet", "not really parquet")
+        };
+        let e = Catalog::open(&[parquet]).unwrap_err();
+        assert!(matches!(e, CatalogError::UnsupportedFormat { .. }), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_symlink_swapped_after_declaration() {
+        let dir = TempDir::new();
+        let real = dir.write("real.csv", "a\n1\n");
+        dir.write("other.csv", "secret\n42\n");
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let cat = Catalog::open(&[DatasetSpec {
+            name: "linked".into(),
+            path: link.clone(),
+            format: DatasetFormat::Csv,
+        }])
+        .unwrap();
+        let d = cat.resolve("linked").unwrap();
+        assert!(d.scan().is_ok());
+
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("other.csv"), &link).unwrap();
+        let e = d.scan().err().expect("scan refused");
+        assert_eq!(e.code, failure::DATA_ERROR);
+        assert!(e.message.contains("different file"), "{}", e.message);
+        assert!(!e.message.contains(dir.path().to_str().unwrap()));
+
+        std::fs::remove_file(&link).unwrap();
+        let e = d.scan().err().expect("scan refused");
+        assert_eq!(e.code, failure::DATA_ERROR);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_dataset_name("sales_2024.v1-final").is_ok());
+        assert!(validate_dataset_name("a b").is_err());
+        assert!(validate_dataset_name("a..b").is_err());
+        assert!(validate_dataset_name(".").is_err());
+        assert!(validate_dataset_name(&"x".repeat(200)).is_err());
+        assert!(looks_like_path("C:\\data"));
+        assert!(!looks_like_path("sales"));
+    }
+}

@@ -1,0 +1,486 @@
+//! Turns command-line flags, `DAP_*` environment variables and an optional TOML file into a
+//! [`RunnerConfig`], and checks it.
+//!
+//! Precedence: a flag (or its environment variable) beats the file; datasets from both are merged
+//! by name, the command line winning. This module only parses and validates: it does not open the
+//! dataset files (that is [`crate::catalog`]) and never prints the token.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::catalog::validate_dataset_name;
+use crate::connection::Endpoints;
+use crate::{DatasetFormat, DatasetSpec, RunnerConfig, MAX_SLOTS};
+
+/// Command line of `dap-runner`. Every flag can also come from the environment.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dap-runner",
+    version,
+    about = "Dials out to a DAP server and runs analysis tasks on the datasets you declare.",
+    after_help = "Datasets: --dataset NAME=PATH[:FORMAT], FORMAT one of csv, parquet, ndjson \
+                  (inferred from .csv/.parquet/.ndjson/.jsonl/.json when omitted). \
+                  Tasks name datasets; no other file on this machine is readable by them."
+)]
+pub struct Cli {
+    /// Server base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "DAP_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Runner credential printed by `dap-server runner create`.
+    // hide_env_values: `--help` must not echo a token that happens to be in the environment.
+    #[arg(
+        long,
+        env = "DAP_RUNNER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Declare a dataset (repeatable): NAME=PATH or NAME=PATH:FORMAT.
+    #[arg(
+        long = "dataset",
+        env = "DAP_RUNNER_DATASETS",
+        value_name = "NAME=PATH[:FORMAT]",
+        value_delimiter = ','
+    )]
+    pub datasets: Vec<String>,
+
+    /// How many tasks to run at once [default: 1].
+    #[arg(long, env = "DAP_RUNNER_SLOTS", value_name = "N")]
+    pub slots: Option<u32>,
+
+    /// Display name shown in the server's runner list [default: host name].
+    #[arg(long, env = "DAP_RUNNER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// TOML file with `server`, `token`, `name`, `slots` and a `[datasets]` table.
+    #[arg(long, env = "DAP_RUNNER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(long, env = "DAP_RUNNER_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// The TOML file. Unknown keys are refused so that a typo (`slot = 4`) is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub name: Option<String>,
+    pub slots: Option<u32>,
+    #[serde(default)]
+    pub datasets: toml::Table,
+}
+
+/// A `[datasets]` entry: `name = "path"` or `name = { path = "…", format = "csv" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileDataset {
+    Path(String),
+    Table(FileDatasetTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatasetTable {
+    path: String,
+    format: Option<String>,
+}
+
+/// A setting that is missing or malformed. The message says which one and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// Build the runner configuration from parsed flags (and the file they point at).
+pub fn load(cli: Cli) -> Result<RunnerConfig, ConfigError> {
+    let (file, file_dir) = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let file = parse_file(&text).map_err(|message| ConfigError::ParseFile {
+                path: path.clone(),
+                message,
+            })?;
+            // Relative dataset paths in a file mean "next to the file", wherever it is run from.
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (file, dir)
+        }
+        None => (FileConfig::default(), PathBuf::from(".")),
+    };
+    merge(cli, file, &file_dir)
+}
+
+/// Parse the TOML text of a config file.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Combine flags and file (flags win) and validate the result.
+pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig, ConfigError> {
+    let server = cli.server.or(file.server).ok_or_else(|| {
+        invalid("no server URL: pass --server URL, set DAP_SERVER, or put `server = \"…\"` in the config file")
+    })?;
+    let token = cli.token.or(file.token).ok_or_else(|| {
+        invalid("no runner token: pass --token, set DAP_RUNNER_TOKEN, or put `token = \"…\"` in the config file")
+    })?;
+    let name = cli.name.or(file.name).unwrap_or_else(default_runner_name);
+    let slots = cli.slots.or(file.slots).unwrap_or(1);
+
+    let mut datasets: Vec<DatasetSpec> = Vec::new();
+    for (key, value) in file.datasets {
+        let entry = value.try_into::<FileDataset>().map_err(|_| {
+            invalid(format!(
+                "config file: dataset `{key}` must be \"path\" or {{ path = \"…\", format = \"csv\" }}"
+            ))
+        })?;
+        let (path, format) = match entry {
+            FileDataset::Path(path) => (path, None),
+            FileDataset::Table(t) => (t.path, t.format),
+        };
+        let path = file_dir.join(path);
+        let format = match format {
+            Some(f) => parse_format(&f).map_err(|e| invalid(format!("dataset `{key}`: {e}")))?,
+            None => infer_format(&path).map_err(|e| invalid(format!("dataset `{key}`: {e}")))?,
+        };
+        datasets.push(DatasetSpec {
+            name: key,
+            path,
+            format,
+        });
+    }
+    for arg in &cli.datasets {
+        let spec = parse_dataset_arg(arg)?;
+        // The command line overrides a file entry of the same name rather than clashing with it.
+        datasets.retain(|d| d.name != spec.name);
+        datasets.push(spec);
+    }
+
+    let config = RunnerConfig {
+        server,
+        token,
+        name,
+        slots,
+        datasets,
+        show_progress_bars: !cli.no_progress && std::io::stderr().is_terminal(),
+    };
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Parse a `--dataset` value: `NAME=PATH` or `NAME=PATH:FORMAT`.
+pub fn parse_dataset_arg(arg: &str) -> Result<DatasetSpec, ConfigError> {
+    let (name, rest) = arg.split_once('=').ok_or_else(|| {
+        invalid(format!(
+            "--dataset `{arg}`: expected NAME=PATH or NAME=PATH:FORMAT"
+        ))
+    })?;
+    let name = name.trim();
+    if rest.is_empty() {
+        return Err(invalid(format!("--dataset `{arg}`: the path is empty")));
+    }
+    // A trailing `:word` is a format only when the word has no path characters in it, so that
+    // `C:\data\x.csv` or `./a:b/x.csv` are still read as plain paths.
+    let (path, format) = match rest.rsplit_once(':') {
+        Some((path, word))
+            if !path.is_empty()
+                && !word.is_empty()
+                && word.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            let format =
+                parse_format(word).map_err(|e| invalid(format!("--dataset `{arg}`: {e}")))?;
+            (PathBuf::from(path), format)
+        }
+        _ => {
+            let path = PathBuf::from(rest);
+            let format =
+                infer_format(&path).map_err(|e| invalid(format!("--dataset `{arg}`: {e}")))?;
+            (path, format)
+        }
+    };
+    Ok(DatasetSpec {
+        name: name.to_owned(),
+        path,
+        format,
+    })
+}
+
+/// A format name as users write it. `json` and `jsonl` mean newline-delimited JSON.
+pub fn parse_format(word: &str) -> Result<DatasetFormat, String> {
+    match word.to_ascii_lowercase().as_str() {
+        "csv" => Ok(DatasetFormat::Csv),
+        "parquet" | "pq" => Ok(DatasetFormat::Parquet),
+        "ndjson" | "jsonl" | "json" => Ok(DatasetFormat::Ndjson),
+        _ => Err(format!(
+            "unknown format `{word}` (expected csv, parquet or ndjson)"
+        )),
+    }
+}
+
+/// The format implied by a file's extension.
+pub fn infer_format(path: &Path) -> Result<DatasetFormat, String> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("csv") => Ok(DatasetFormat::Csv),
+        Some("parquet") | Some("pq") => Ok(DatasetFormat::Parquet),
+        Some("ndjson") | Some("jsonl") | Some("json") => Ok(DatasetFormat::Ndjson),
+        _ => Err(format!(
+            "cannot tell the format of `{}` from its extension; append :csv, :parquet or :ndjson",
+            path.display()
+        )),
+    }
+}
+
+/// Check a configuration however it was built (also called by [`crate::run`], so in-process
+/// callers get the same checks as the command line).
+pub fn validate(config: &RunnerConfig) -> Result<(), ConfigError> {
+    let endpoints = Endpoints::from_server(&config.server).map_err(invalid)?;
+    if endpoints.needs_tls() && !crate::connection::TLS_SUPPORTED {
+        return Err(invalid(crate::connection::tls_unsupported_message()));
+    }
+    if config.token.trim().is_empty() {
+        return Err(invalid("the runner token is empty"));
+    }
+    if config.slots == 0 || config.slots > MAX_SLOTS {
+        return Err(invalid(format!(
+            "slots must be between 1 and {MAX_SLOTS}, got {}",
+            config.slots
+        )));
+    }
+    let name = config.name.trim();
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "the runner name must be 1–128 printable characters",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in &config.datasets {
+        validate_dataset_name(&d.name)
+            .map_err(|e| invalid(format!("dataset `{}`: {e}", d.name)))?;
+        if !seen.insert(d.name.as_str()) {
+            return Err(invalid(format!("dataset `{}` is declared twice", d.name)));
+        }
+    }
+    Ok(())
+}
+
+/// The machine's host name, so that several runners are told apart without configuration.
+fn default_runner_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dap-runner".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["dap-runner"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("test arguments parse")
+    }
+
+    #[test]
+    fn dataset_arg_infers_or_takes_format() {
+        let d = parse_dataset_arg("sales=./data/sales.csv").unwrap();
+        assert_eq!(d.name, "sales");
+        assert_eq!(d.path, PathBuf::from("./data/sales.csv"));
+        assert_eq!(d.format, DatasetFormat::Csv);
+
+        let d = parse_dataset_arg("ev=/var/events.jsonl").unwrap();
+        assert_eq!(d.format, DatasetFormat::Ndjson);
+        let d = parse_dataset_arg("ev=/var/events.json").unwrap();
+        assert_eq!(d.format, DatasetFormat::Ndjson);
+        let d = parse_dataset_arg("p=x.parquet").unwrap();
+        assert_eq!(d.format, DatasetFormat::Parquet);
+
+        let d = parse_dataset_arg("raw=/data/export.txt:csv").unwrap();
+        assert_eq!(d.path, PathBuf::from("/data/export.txt"));
+        assert_eq!(d.format, DatasetFormat::Csv);
+
+        // A colon inside a path is not mistaken for a format.
+        let d = parse_dataset_arg(r"w=C:\data\x.csv").unwrap();
+        assert_eq!(d.path, PathBuf::from(r"C:\data\x.csv"));
+        assert_eq!(d.format, DatasetFormat::Csv);
+    }
+
+    #[test]
+    fn bad_dataset_args_are_errors() {
+        let e = parse_dataset_arg("sales=./sales.csv:xlsx").unwrap_err();
+        assert!(e.to_string().contains("unknown format `xlsx`"), "{e}");
+        let e = parse_dataset_arg("sales=./sales.txt").unwrap_err();
+        assert!(e.to_string().contains("append :csv"), "{e}");
+        assert!(parse_dataset_arg("sales").is_err());
+        assert!(parse_dataset_arg("sales=").is_err());
+    }
+
+    #[test]
+    fn toml_file_and_cli_override() {
+        let file = parse_file(
+            r#"
+            server = "http://file:8080"
+            token = "file-token"
+            name = "from-file"
+            slots = 2
+            [datasets]
+            sales = "data/sales.csv"
+            events = { path = "/abs/events.log", format = "ndjson" }
+            "#,
+        )
+        .unwrap();
+        let c = merge(
+            cli(&[
+                "--server",
+                "http://cli:9090",
+                "--slots",
+                "4",
+                "--dataset",
+                "sales=/other/sales2.csv",
+            ]),
+            file,
+            Path::new("/etc/dap"),
+        )
+        .unwrap();
+        assert_eq!(c.server, "http://cli:9090");
+        assert_eq!(c.token, "file-token");
+        assert_eq!(c.name, "from-file");
+        assert_eq!(c.slots, 4);
+        assert_eq!(c.datasets.len(), 2);
+        let events = c.datasets.iter().find(|d| d.name == "events").unwrap();
+        assert_eq!(events.path, PathBuf::from("/abs/events.log"));
+        assert_eq!(events.format, DatasetFormat::Ndjson);
+        // The CLI's `sales` replaced the file's.
+        let sales = c.datasets.iter().find(|d| d.name == "sales").unwrap();
+        assert_eq!(sales.path, PathBuf::from("/other/sales2.csv"));
+    }
+
+    #[test]
+    fn file_relative_paths_are_next_to_the_file() {
+        let file = parse_file(
+            "server = \"http://s\"\ntoken = \"t\"\n[datasets]\nsales = \"data/s.csv\"\n",
+        )
+        .unwrap();
+        let c = merge(cli(&[]), file, Path::new("/etc/dap")).unwrap();
+        assert_eq!(c.datasets[0].path, PathBuf::from("/etc/dap/data/s.csv"));
+        assert_eq!(c.slots, 1);
+        assert!(!c.name.is_empty());
+    }
+
+    #[test]
+    fn file_errors_are_clear() {
+        let e = parse_file("slot = 3").unwrap_err();
+        assert!(e.contains("slot"), "{e}");
+        let file = parse_file(
+            "server = \"http://s\"\ntoken = \"t\"\n[datasets]\nx = { path = \"a.csv\", format = \"xls\" }\n",
+        )
+        .unwrap();
+        let e = merge(cli(&[]), file, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("unknown format `xls`"), "{e}");
+        let file = parse_file("server = \"http://s\"\ntoken = \"t\"\n[datasets]\nx = 3\n").unwrap();
+        assert!(merge(cli(&[]), file, Path::new(".")).is_err());
+    }
+
+    #[test]
+    fn missing_and_invalid_settings() {
+        let e = merge(
+            cli(&["--token", "t"]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--server"), "{e}");
+        let e = merge(
+            cli(&["--server", "http://s"]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--token"), "{e}");
+        let e = merge(
+            cli(&["--server", "http://s", "--token", "t", "--slots", "0"]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("slots"), "{e}");
+        let e = merge(
+            cli(&["--server", "ftp://s", "--token", "t"]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
+        let e = merge(
+            cli(&[
+                "--server",
+                "http://s",
+                "--token",
+                "t",
+                "--dataset",
+                "../x=a.csv",
+            ]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("../x"), "{e}");
+        let e = merge(
+            cli(&[
+                "--server",
+                "http://s",
+                "--token",
+                "t",
+                "--dataset",
+                "a=a.csv,a=b.csv",
+            ]),
+            FileConfig::default(),
+            Path::new("."),
+        );
+        // The second `a` overrides the first rather than being declared twice.
+        assert_eq!(e.unwrap().datasets[0].path, PathBuf::from("b.csv"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = merge(
+            cli(&["--server", "http://s", "--token", "s3cr3t-token"]),
+            FileConfig::default(),
+            Path::new("."),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+}

@@ -1,0 +1,631 @@
+//! Runs assigned tasks: at most `slots` at once, each on a blocking thread, with throttled
+//! progress, cancellation and a typed result pushed to the [`Outbox`].
+//!
+//! The socket loop calls [`Executor::assign`] and [`Executor::cancel`], which return at once;
+//! the work happens in a spawned task per assignment that keeps running if the connection drops
+//! (its messages wait in the outbox). The server's view of which attempt is current wins: a
+//! newer attempt of a running task replaces it, and an over-assignment after a reconnect stops
+//! the oldest task carried over from the previous connection (the server evidently dropped it)
+//! before refusing anything. This module does not read sockets or parse params: the operations
+//! do that.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dap_protocol::{
+    failure, op, Assignment, Completed, Failed, Progress, RunnerMessage, RunningTask, TaskError,
+};
+use indicatif::{MultiProgress, ProgressBar};
+use tokio::sync::{mpsc, Notify};
+
+use crate::catalog::Catalog;
+use crate::outbox::Outbox;
+use crate::progress::{ProgressReporter, ProgressThrottle, ProgressUpdate, PROGRESS_INTERVAL};
+use crate::{operations, terminal};
+
+/// A task attempt: the server may send a new attempt of the same task after requeueing it.
+type TaskKey = (String, u32);
+
+/// A task executing now.
+struct RunningEntry {
+    cancel: Arc<AtomicBool>,
+    /// The connection it was assigned on (see [`Executor::connected`]).
+    epoch: u64,
+    started: Instant,
+}
+
+type RunningMap = HashMap<TaskKey, RunningEntry>;
+
+/// Runs tasks; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: usize,
+    catalog: Arc<Catalog>,
+    outbox: Arc<Outbox>,
+    /// Tasks executing now.
+    running: Mutex<RunningMap>,
+    /// Counts connections to the server, so a task knows whether it was assigned on this one.
+    epoch: AtomicU64,
+    /// Set when the runner stops: tasks are interrupted but not reported as cancelled, so the
+    /// server requeues them instead of showing a cancel nobody asked for.
+    shutting_down: AtomicBool,
+    /// Woken whenever a task ends.
+    task_ended: Notify,
+    bars: Option<MultiProgress>,
+}
+
+impl Inner {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, RunningMap> {
+        // Every critical section is a single map operation, so a poisoned map is still valid.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn progress(&self, a: &Assignment, u: ProgressUpdate, bar: Option<&ProgressBar>) {
+        self.send_progress(a, u, bar, false);
+    }
+
+    /// `milestone`: see [`Outbox::push_milestone`].
+    fn send_progress(
+        &self,
+        a: &Assignment,
+        u: ProgressUpdate,
+        bar: Option<&ProgressBar>,
+        milestone: bool,
+    ) {
+        if let Some(bar) = bar {
+            bar.set_position(u64::from(u.percent));
+            if let Some(stage) = &u.stage {
+                bar.set_message(stage.clone());
+            }
+        }
+        tracing::debug!(task_id = %a.task_id, percent = u.percent, stage = ?u.stage, "progress");
+        let message = RunnerMessage::Progress(Progress {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            percent: u.percent,
+            stage: u.stage,
+            message: u.message,
+        });
+        if milestone {
+            self.outbox.push_milestone(message);
+        } else {
+            self.outbox.push(message);
+        }
+    }
+
+    fn completed(&self, task_id: String, attempt: u32, result_data: serde_json::Value) {
+        self.outbox.push(RunnerMessage::Completed(Completed {
+            task_id,
+            attempt,
+            result_data,
+        }));
+    }
+
+    fn failed(&self, task_id: String, attempt: u32, error: TaskError) {
+        self.outbox.push(RunnerMessage::Failed(Failed {
+            task_id,
+            attempt,
+            error,
+        }));
+    }
+}
+
+impl Executor {
+    /// `show_bars` draws a terminal progress bar per running task.
+    pub fn new(slots: u32, catalog: Arc<Catalog>, outbox: Arc<Outbox>, show_bars: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                slots: slots.max(1) as usize,
+                catalog,
+                outbox,
+                running: Mutex::new(HashMap::new()),
+                epoch: AtomicU64::new(0),
+                shutting_down: AtomicBool::new(false),
+                task_ended: Notify::new(),
+                bars: show_bars.then(terminal::multi_progress),
+            }),
+        }
+    }
+
+    /// Start an assigned task. Returns at once; must be called inside a tokio runtime.
+    pub fn assign(&self, a: Assignment) {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            // Not reported: the server requeues what it assigned to a runner that went away.
+            tracing::warn!(task_id = %a.task_id, "assignment while shutting down; ignored");
+            return;
+        }
+        let key: TaskKey = (a.task_id.clone(), a.attempt);
+        let cancel = {
+            let mut running = inner.running();
+            if running.contains_key(&key) {
+                // A repeated assignment (e.g. after a reconnect) of an attempt already executing.
+                tracing::warn!(task_id = %a.task_id, attempt = a.attempt, "already running; duplicate assignment ignored");
+                return;
+            }
+            // A newer attempt of a task we are still running means the server gave up on the
+            // old one (e.g. it requeued it when our link dropped) and will refuse its results:
+            // stop it and let the new attempt have its slot.
+            let older: Vec<TaskKey> = running
+                .keys()
+                .filter(|(id, attempt)| *id == a.task_id && *attempt < a.attempt)
+                .cloned()
+                .collect();
+            for old in older {
+                if let Some(entry) = running.remove(&old) {
+                    entry.cancel.store(true, Ordering::Relaxed);
+                    tracing::info!(task_id = %a.task_id, old_attempt = old.1, new_attempt = a.attempt, "superseded by a newer attempt");
+                }
+            }
+            if running.len() >= inner.slots {
+                if let Some((victim, entry)) = take_carried_over(&mut running, inner.epoch()) {
+                    preempt(inner, victim, entry, &a.task_id);
+                }
+            }
+            if running.len() >= inner.slots {
+                let busy: Vec<String> = running
+                    .keys()
+                    .map(|(id, attempt)| format!("{id}#{attempt}"))
+                    .collect();
+                drop(running);
+                tracing::error!(task_id = %a.task_id, slots = inner.slots, "server assigned more tasks than slots");
+                inner.failed(
+                    a.task_id,
+                    a.attempt,
+                    TaskError::new(
+                        failure::INTERNAL,
+                        format!(
+                            "runner slots exhausted: all {} slot(s) are busy (running {}); the \
+                             server assigned more tasks than the runner advertised",
+                            inner.slots,
+                            busy.join(", ")
+                        ),
+                    ),
+                );
+                return;
+            }
+            if a.operation_code == op::NOOP {
+                // The round-trip benchmark: no thread, no progress, just the answer.
+                drop(running);
+                inner.completed(a.task_id, a.attempt, operations::noop());
+                return;
+            }
+            let cancel = Arc::new(AtomicBool::new(false));
+            running.insert(
+                key.clone(),
+                RunningEntry {
+                    cancel: Arc::clone(&cancel),
+                    epoch: inner.epoch(),
+                    started: Instant::now(),
+                },
+            );
+            cancel
+        };
+        tokio::spawn(drive(Arc::clone(inner), a, key, cancel));
+    }
+
+    /// Ask a running task to stop; it ends with `failed`/`cancelled` at its next check.
+    pub fn cancel(&self, task_id: &str, attempt: u32) {
+        let flag = self
+            .inner
+            .running()
+            .get(&(task_id.to_owned(), attempt))
+            .map(|e| Arc::clone(&e.cancel));
+        match flag {
+            Some(flag) => {
+                tracing::info!(task_id, attempt, "cancelling");
+                flag.store(true, Ordering::Relaxed);
+            }
+            // Already finished (its result is sent or queued) or never ours: nothing to stop.
+            None => tracing::debug!(task_id, attempt, "cancel for a task that is not running"),
+        }
+    }
+
+    /// Tasks executing now (listed in the greeting after a reconnect).
+    pub fn running(&self) -> Vec<RunningTask> {
+        let mut tasks: Vec<RunningTask> = self
+            .inner
+            .running()
+            .keys()
+            .map(|(task_id, attempt)| RunningTask {
+                task_id: task_id.clone(),
+                attempt: *attempt,
+            })
+            .collect();
+        tasks.sort_by(|a, b| (&a.task_id, a.attempt).cmp(&(&b.task_id, b.attempt)));
+        tasks
+    }
+
+    /// A new connection was welcomed: tasks running now were assigned on an earlier one.
+    pub fn connected(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stop accepting tasks and interrupt the running ones without reporting them.
+    pub fn shut_down(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        for entry in self.inner.running().values() {
+            entry.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait until no task is running, at most `timeout`. True if idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let ended = self.inner.task_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.inner.running().is_empty() {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+/// The oldest task still running from an earlier connection, taken out of the map.
+///
+/// Used when the server assigns more than our slots. A correct server counts the tasks our
+/// greeting lists as running, so over-assignment while such a task exists means the server
+/// dropped it (e.g. requeued it when the link broke) and will refuse its result anyway.
+fn take_carried_over(running: &mut RunningMap, epoch: u64) -> Option<(TaskKey, RunningEntry)> {
+    let victim = running
+        .iter()
+        .filter(|(_, e)| e.epoch < epoch)
+        .min_by_key(|(_, e)| e.started)
+        .map(|(k, _)| k.clone())?;
+    running.remove_entry(&victim)
+}
+
+/// Stop a carried-over task in favour of `for_task`, and say so: should the server still hold
+/// that attempt after all, it learns it failed instead of waiting for it forever.
+fn preempt(inner: &Inner, victim: TaskKey, entry: RunningEntry, for_task: &str) {
+    entry.cancel.store(true, Ordering::Relaxed);
+    tracing::warn!(
+        task_id = %victim.0,
+        attempt = victim.1,
+        "stopping a task from before the reconnect: the server gave its slot to {for_task}"
+    );
+    inner.failed(
+        victim.0,
+        victim.1,
+        TaskError::new(
+            failure::INTERNAL,
+            format!(
+                "stopped after a reconnect: the server no longer counted this attempt and                  assigned its slot to task {for_task}"
+            ),
+        ),
+    );
+}
+
+/// Run one task to its end and report it.
+async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<AtomicBool>) {
+    let started = Instant::now();
+    let op_name = op::name(a.operation_code);
+    tracing::info!(task_id = %a.task_id, attempt = a.attempt, operation = op_name, "task started");
+    let bar = inner.bars.as_ref().map(|multi| {
+        let short: String = a.task_id.chars().take(8).collect();
+        terminal::task_bar(multi, format!("{op_name} {short}"))
+    });
+
+    let mut throttle = ProgressThrottle::new(PROGRESS_INTERVAL);
+    inner.send_progress(&a, throttle.start(Instant::now()), bar.as_ref(), true);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reporter = ProgressReporter::new(tx, Arc::clone(&cancel));
+    let catalog = Arc::clone(&inner.catalog);
+    let code = a.operation_code;
+    let params = a.params.clone();
+    let work =
+        tokio::task::spawn_blocking(move || operations::run(code, &params, &catalog, &reporter));
+
+    // The channel closes when the operation returns (or panics) and drops its reporter.
+    while let Some(update) = rx.recv().await {
+        if let Some(u) = throttle.offer(update, Instant::now()) {
+            inner.progress(&a, u, bar.as_ref());
+        }
+    }
+    let outcome = match work.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(TaskError::new(
+            failure::INTERNAL,
+            format!("the operation crashed: {}", panic_message(e)),
+        )),
+    };
+
+    // Free the slot before reporting: once the server hears the result it may assign the next
+    // task at once, and that must not be refused as over capacity.
+    let superseded = inner.running().remove(&key).is_none();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        // A newer attempt took over (see `assign`); the server refuses this one's results.
+        _ if superseded => {
+            tracing::info!(task_id = %a.task_id, attempt = a.attempt, "superseded attempt stopped");
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        }
+        Ok(result) => {
+            if let Some(u) = throttle.finish() {
+                inner.progress(&a, u, bar.as_ref());
+            }
+            tracing::info!(task_id = %a.task_id, attempt = a.attempt, elapsed_ms, "task completed");
+            inner.completed(a.task_id, a.attempt, result);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        }
+        Err(e) if e.code == failure::CANCELLED && inner.shutting_down.load(Ordering::Relaxed) => {
+            tracing::info!(task_id = %a.task_id, "task interrupted by shutdown");
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                task_id = %a.task_id,
+                attempt = a.attempt,
+                code = %e.code,
+                message = %e.message,
+                elapsed_ms,
+                "task failed"
+            );
+            // The log line above records the outcome; a finished bar would only clutter.
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            inner.failed(a.task_id, a.attempt, e);
+        }
+    }
+    inner.task_ended.notify_waiters();
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+    use crate::{DatasetFormat, DatasetSpec};
+    use serde_json::json;
+
+    fn setup(slots: u32, dir: &TempDir) -> (Executor, Arc<Outbox>) {
+        let path = dir.write("s.csv", "a,b\n1,x\n2,y\n3,z\n");
+        let catalog = Catalog::open(&[DatasetSpec {
+            name: "s".into(),
+            path,
+            format: DatasetFormat::Csv,
+        }])
+        .unwrap();
+        let outbox = Arc::new(Outbox::new(64));
+        let ex = Executor::new(slots, Arc::new(catalog), Arc::clone(&outbox), false);
+        (ex, outbox)
+    }
+
+    fn entry(flag: &Arc<AtomicBool>, epoch: u64) -> RunningEntry {
+        RunningEntry {
+            cancel: Arc::clone(flag),
+            epoch,
+            started: Instant::now(),
+        }
+    }
+
+    fn assignment(id: &str, code: u16, params: serde_json::Value) -> Assignment {
+        Assignment {
+            task_id: id.into(),
+            attempt: 1,
+            operation_code: code,
+            params,
+        }
+    }
+
+    /// Drain the outbox until `n` terminal messages arrived.
+    async fn terminals(outbox: &Outbox, n: usize) -> Vec<RunnerMessage> {
+        let mut all = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let q = tokio::time::timeout(Duration::from_secs(10), outbox.peek())
+                .await
+                .expect("message in time");
+            outbox.ack(q.seq);
+            if matches!(
+                q.message,
+                RunnerMessage::Completed(_) | RunnerMessage::Failed(_)
+            ) {
+                done += 1;
+            }
+            all.push(q.message);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn fetch_reports_0_then_100_then_completed() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        ex.assign(assignment(
+            "t1",
+            op::FETCH,
+            json!({"dataset": "s", "limit": 2}),
+        ));
+        let msgs = terminals(&outbox, 1).await;
+        let percents: Vec<u8> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                RunnerMessage::Progress(p) => Some(p.percent),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(percents.first(), Some(&0), "{msgs:?}");
+        assert_eq!(percents.last(), Some(&100), "{msgs:?}");
+        assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+        match msgs.last() {
+            Some(RunnerMessage::Completed(c)) => {
+                assert_eq!(c.task_id, "t1");
+                assert_eq!(c.result_data["rows"], json!([[1, "x"], [2, "y"]]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ex.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn noop_and_unsupported() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        ex.assign(assignment("n", op::NOOP, serde_json::Value::Null));
+        ex.assign(assignment("m", op::MODEL, json!({})));
+        let msgs = terminals(&outbox, 2).await;
+        assert!(
+            matches!(&msgs[0], RunnerMessage::Completed(c) if c.result_data == json!({"noop": true}))
+        );
+        let failed = msgs.iter().find_map(|m| match m {
+            RunnerMessage::Failed(f) => Some(f),
+            _ => None,
+        });
+        assert_eq!(
+            failed.map(|f| f.error.code.as_str()),
+            Some(failure::UNSUPPORTED_OPERATION)
+        );
+    }
+
+    #[tokio::test]
+    async fn over_assignment_is_refused_and_cancel_works() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        // Occupy the only slot by hand with a task that is "still running".
+        let flag = Arc::new(AtomicBool::new(false));
+        ex.inner
+            .running()
+            .insert(("busy".into(), 1), entry(&flag, 0));
+        assert_eq!(ex.running().len(), 1);
+        ex.assign(assignment("extra", op::FETCH, json!({"dataset": "s"})));
+        let msgs = terminals(&outbox, 1).await;
+        match &msgs[0] {
+            RunnerMessage::Failed(f) => {
+                assert_eq!(f.task_id, "extra");
+                assert_eq!(f.error.code, failure::INTERNAL);
+                assert!(
+                    f.error.message.contains("slots exhausted"),
+                    "{}",
+                    f.error.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        ex.cancel("busy", 1);
+        assert!(flag.load(Ordering::Relaxed));
+        ex.inner.running().remove(&("busy".to_owned(), 1));
+        assert!(ex.wait_idle(Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_newer_attempt_supersedes_the_running_one() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        // Attempt 1 is "still running" from before a reconnect, holding the only slot.
+        let old = Arc::new(AtomicBool::new(false));
+        ex.inner.running().insert(("t".into(), 1), entry(&old, 0));
+        let mut second = assignment("t", op::FETCH, json!({"dataset": "s", "limit": 1}));
+        second.attempt = 2;
+        ex.assign(second);
+        assert!(old.load(Ordering::Relaxed), "old attempt was told to stop");
+        let msgs = terminals(&outbox, 1).await;
+        match msgs.last() {
+            Some(RunnerMessage::Completed(c)) => {
+                assert_eq!((c.task_id.as_str(), c.attempt), ("t", 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The old attempt's driver, when it ends, reports no result (progress it sent before
+        // is harmless: the server drops messages of old attempts).
+        let cancel = Arc::new(AtomicBool::new(true));
+        drive(
+            Arc::clone(&ex.inner),
+            assignment("t", op::FETCH, json!({"dataset": "s"})),
+            ("t".into(), 1),
+            cancel,
+        )
+        .await;
+        let snapshot = outbox.snapshot();
+        assert!(
+            !snapshot
+                .iter()
+                .any(|m| matches!(m, RunnerMessage::Completed(_) | RunnerMessage::Failed(_))),
+            "{snapshot:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn over_assignment_after_a_reconnect_stops_the_carried_over_task() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        let old = Arc::new(AtomicBool::new(false));
+        ex.inner.running().insert(("old".into(), 1), entry(&old, 0));
+        // The link dropped and came back; the server evidently forgot `old`.
+        ex.connected();
+        ex.assign(assignment(
+            "new",
+            op::FETCH,
+            json!({"dataset": "s", "limit": 1}),
+        ));
+        assert!(old.load(Ordering::Relaxed));
+        let msgs = terminals(&outbox, 2).await;
+        let ends: Vec<(&str, &str)> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                RunnerMessage::Failed(f) => Some((f.task_id.as_str(), f.error.code.as_str())),
+                RunnerMessage::Completed(c) => Some((c.task_id.as_str(), "completed")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, vec![("old", failure::INTERNAL), ("new", "completed")]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_fails_with_cancelled() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(1, &dir);
+        let key: TaskKey = ("c".into(), 1);
+        let cancel = Arc::new(AtomicBool::new(true));
+        ex.inner.running().insert(key.clone(), entry(&cancel, 0));
+        // Drive directly with the flag already set, as if Cancel arrived before the first check.
+        drive(
+            Arc::clone(&ex.inner),
+            assignment("c", op::FETCH, json!({"dataset": "s"})),
+            key,
+            cancel,
+        )
+        .await;
+        let msgs = terminals(&outbox, 1).await;
+        match msgs.last() {
+            Some(RunnerMessage::Failed(f)) => assert_eq!(f.error.code, failure::CANCELLED),
+            other => panic!("{other:?}"),
+        }
+        assert!(ex.running().is_empty());
+    }
+}

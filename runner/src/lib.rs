@@ -1,0 +1,220 @@
+//! `dap-runner` as a library: the configuration a runner needs and [`run`], which declares the
+//! datasets, dials out to `dap-server`, executes pushed tasks and keeps reconnecting until told to
+//! stop or refused for good.
+//!
+//! This crate root only wires the pieces together; it does not parse the command line (see
+//! [`config`]), open sockets (see [`connection`]) or touch data (see [`catalog`] and
+//! [`operations`]). It installs no global state — no tracing subscriber, no signal handler — so
+//! tests can start a runner in-process and stop it through the `shutdown` future.
+
+pub mod catalog;
+pub mod config;
+pub mod connection;
+pub mod executor;
+pub mod operations;
+pub mod outbox;
+pub mod progress;
+pub mod terminal;
+
+#[cfg(test)]
+mod test_support;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use dap_protocol::DatasetFormat;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::executor::Executor;
+use crate::outbox::Outbox;
+
+/// Most tasks one runner may run at once. A guard against typos (`--slots 10000`), not a tuning knob.
+pub const MAX_SLOTS: u32 = 256;
+
+/// Everything a runner needs to start. Built by [`config::load`] from CLI, environment and TOML,
+/// or directly by tests.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    /// Base URL of the server, `http://host:port` (an optional path prefix is kept).
+    pub server: String,
+    /// The runner's enrolment credential. Secret: never logged, redacted from `Debug`.
+    pub token: String,
+    /// Display name sent in the greeting.
+    pub name: String,
+    /// How many tasks run at once (1..=[`MAX_SLOTS`]).
+    pub slots: u32,
+    /// Files this runner may read, by the name tasks use for them.
+    pub datasets: Vec<DatasetSpec>,
+    /// Draw an indicatif bar per running task (only sensible when stderr is a terminal).
+    pub show_progress_bars: bool,
+}
+
+// Hand-written so that the token can never reach a log line through `{:?}`.
+impl fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("slots", &self.slots)
+            .field("datasets", &self.datasets)
+            .field("show_progress_bars", &self.show_progress_bars)
+            .finish()
+    }
+}
+
+/// One dataset the owner declared: the name tasks use, the local file, and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: DatasetFormat,
+}
+
+/// Why a runner stopped (other than being asked to).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// Bad configuration: a missing or malformed setting. Exit code 2.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A declared dataset cannot be served. Exit code 2.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The server answered 401 to the credential: it is wrong or revoked. Exit code 3.
+    #[error("the server refused the runner token (401): it is invalid or has been revoked")]
+    Unauthorized,
+    /// The server closed the socket with 4001: this runner was revoked. Exit code 3.
+    #[error("the server revoked this runner (close code 4001); not reconnecting")]
+    Revoked,
+    /// Another process connected with the same credential and the server replaced us. Exit code 3.
+    #[error(
+        "another runner connected with the same token and replaced this one (close code 4004); \
+         not reconnecting so the two do not keep evicting each other"
+    )]
+    Replaced,
+    /// The server does not speak our protocol version. Exit code 1.
+    #[error("the server does not support protocol version {0} (close code 4002); upgrade dap-runner or dap-server")]
+    UnsupportedProtocol(u32),
+    /// Something in the runner itself failed (e.g. a background thread panicked). Exit code 1.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl RunnerError {
+    /// Process exit code for this error: 2 for configuration, 3 for a refused credential (so a
+    /// supervisor can be told not to restart), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunnerError::Config(_) | RunnerError::Catalog(_) => 2,
+            RunnerError::Unauthorized | RunnerError::Revoked | RunnerError::Replaced => 3,
+            RunnerError::UnsupportedProtocol(_) | RunnerError::Internal(_) => 1,
+        }
+    }
+}
+
+/// The format's name as users write it in `--dataset name=path:format`.
+pub fn format_name(format: DatasetFormat) -> &'static str {
+    match format {
+        DatasetFormat::Csv => "csv",
+        DatasetFormat::Parquet => "parquet",
+        DatasetFormat::Ndjson => "ndjson",
+    }
+}
+
+/// Run a runner until `shutdown` completes (returns `Ok`) or the server refuses it for good.
+///
+/// Declares the datasets first (a missing file or unreadable schema fails here, before any
+/// network traffic), then connects and reconnects forever with backoff.
+pub async fn run(
+    config: RunnerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunnerError> {
+    config::validate(&config).map_err(|e| RunnerError::Config(e.to_string()))?;
+
+    let specs = config.datasets.clone();
+    // Reading schemas is blocking polars work; keep it off the async workers.
+    let catalog = tokio::task::spawn_blocking(move || Catalog::open(&specs))
+        .await
+        .map_err(|e| RunnerError::Internal(format!("catalog thread failed: {e}")))??;
+    let catalog = Arc::new(catalog);
+    for info in catalog.infos() {
+        let rows = match info.row_count {
+            Some(n) => format!(", {n} rows"),
+            None => String::new(),
+        };
+        tracing::info!(
+            "declared dataset `{}` ({}, {} columns{rows})",
+            info.name,
+            format_name(info.format),
+            info.columns.len()
+        );
+    }
+
+    let outbox = Arc::new(Outbox::new(outbox::DEFAULT_CAPACITY));
+    let executor = Executor::new(
+        config.slots,
+        Arc::clone(&catalog),
+        Arc::clone(&outbox),
+        config.show_progress_bars,
+    );
+    let result = connection::run(&config, &catalog, &executor, &outbox, shutdown).await;
+    // However the link ended, stop the tasks still running: nobody will hear their results,
+    // and an in-process caller expects nothing of this runner to outlive `run`.
+    executor.shut_down();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers (the server's integration tests) spawn the runner on a tokio runtime, which
+    /// needs its future to be `Send`. Checked at compile time; never run.
+    #[allow(dead_code)]
+    fn run_future_is_send(config: RunnerConfig) {
+        fn assert_send<T: Send>(_: T) {}
+        assert_send(run(config, std::future::pending::<()>()));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(RunnerError::Config("x".into()).exit_code(), 2);
+        assert_eq!(RunnerError::Unauthorized.exit_code(), 3);
+        assert_eq!(RunnerError::Revoked.exit_code(), 3);
+        assert_eq!(RunnerError::Internal("x".into()).exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn run_refuses_bad_config_before_connecting() {
+        let config = RunnerConfig {
+            server: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+            name: "n".into(),
+            slots: 0,
+            datasets: vec![],
+            show_progress_bars: false,
+        };
+        let err = run(config, std::future::pending()).await.unwrap_err();
+        assert!(matches!(err, RunnerError::Config(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn run_stops_when_shutdown_completes() {
+        // Nothing listens on port 9: the runner is in its backoff loop when asked to stop.
+        let config = RunnerConfig {
+            server: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+            name: "n".into(),
+            slots: 1,
+            datasets: vec![],
+            show_progress_bars: false,
+        };
+        let stop = tokio::time::sleep(std::time::Duration::from_millis(300));
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), run(config, stop))
+            .await
+            .expect("run returned after shutdown");
+        assert!(result.is_ok(), "{result:?}");
+    }
+}

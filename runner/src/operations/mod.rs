@@ -1,0 +1,95 @@
+//! The analysis operations a runner executes, dispatched by operation code.
+//!
+//! Operations are plain synchronous functions over the [`Catalog`]: they get the task's params
+//! and a [`ProgressReporter`], and return the result JSON or a typed [`TaskError`]. They know
+//! nothing of WebSockets, tokio or the outbox (the [`crate::executor`] runs them on a blocking
+//! thread and ships what they report), and they never open a file except through the catalog.
+
+pub mod fetch;
+pub mod params;
+pub mod values;
+
+use dap_protocol::{failure, op, TaskError};
+use serde_json::{json, Value};
+
+use crate::catalog::Catalog;
+use crate::progress::ProgressReporter;
+
+/// Operation codes this runner version really implements (advertised in the greeting).
+pub const SUPPORTED: [u16; 2] = [op::NOOP, op::FETCH];
+
+/// Run operation `code` with `params`. Blocking: call it from a blocking thread.
+pub fn run(
+    code: u16,
+    params: &Value,
+    catalog: &Catalog,
+    progress: &ProgressReporter,
+) -> Result<Value, TaskError> {
+    match code {
+        op::NOOP => Ok(noop()),
+        op::FETCH => fetch::run(params, catalog, progress),
+        // Known to the platform but not built yet: say so plainly rather than fake a result.
+        op::FILTER | op::MODEL | op::EXPORT => Err(TaskError::new(
+            failure::UNSUPPORTED_OPERATION,
+            format!(
+                "operation {code} ({}) is not implemented by this runner version (dap-runner {})",
+                op::name(code),
+                env!("CARGO_PKG_VERSION")
+            ),
+        )),
+        other => Err(TaskError::new(
+            failure::UNSUPPORTED_OPERATION,
+            format!("operation code {other} is unknown to this runner"),
+        )),
+    }
+}
+
+/// Result of the diagnostic no-op (used to time round trips, so it does nothing at all).
+pub fn noop() -> Value {
+    json!({ "noop": true })
+}
+
+/// The failure a cancelled task ends with.
+pub fn cancelled() -> TaskError {
+    TaskError::new(failure::CANCELLED, "the task was cancelled")
+}
+
+/// Return early with `cancelled` if the task was cancelled; operations call this between steps.
+pub fn check_cancelled(progress: &ProgressReporter) -> Result<(), TaskError> {
+    if progress.is_cancelled() {
+        Err(cancelled())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unimplemented_operations_are_unsupported() {
+        let cat = Catalog::default();
+        let p = ProgressReporter::discard();
+        for code in [op::FILTER, op::MODEL, op::EXPORT] {
+            let e = run(code, &json!({"dataset": "x"}), &cat, &p).unwrap_err();
+            assert_eq!(e.code, failure::UNSUPPORTED_OPERATION, "{code}");
+            assert!(e.message.contains("not implemented"), "{}", e.message);
+            assert!(e.message.contains(&code.to_string()), "{}", e.message);
+        }
+        let e = run(150, &json!({}), &cat, &p).unwrap_err();
+        assert_eq!(e.code, failure::UNSUPPORTED_OPERATION);
+    }
+
+    #[test]
+    fn noop_completes_at_once() {
+        let cat = Catalog::default();
+        let v = run(op::NOOP, &Value::Null, &cat, &ProgressReporter::discard()).unwrap();
+        assert_eq!(v, json!({"noop": true}));
+    }
+
+    #[test]
+    fn advertises_only_what_it_implements() {
+        assert_eq!(SUPPORTED, [op::NOOP, op::FETCH]);
+    }
+}

@@ -1,0 +1,320 @@
+//! The real runner against the real server, both in-process, over a real socket: operation 100
+//! on a CSV file end to end, progress seen on the server, reconnect after a server restart,
+//! and a revoked runner stopping for good.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dap_runner::{DatasetFormat, DatasetSpec, RunnerConfig, RunnerError};
+use dap_server::store::Scope;
+use dap_server::{auth, build_state, serve, AppState, ServeConfig};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "dap-e2e-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+async fn start_server(dir: &Path, addr: Option<std::net::SocketAddr>) -> Server {
+    let config = ServeConfig::for_dir(dir);
+    let state = build_state(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr.unwrap_or(config.listen))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        serve(listener, st, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        addr,
+        state,
+        stop: Some(stop),
+        join,
+    }
+}
+
+impl Server {
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.state.store.close().await;
+    }
+    fn url(&self, p: &str) -> String {
+        format!("http://{}{p}", self.addr)
+    }
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn write_csv(dir: &Path) -> PathBuf {
+    let p = dir.join("people.csv");
+    let mut s = String::from("id,name,age,score\n");
+    for i in 0..250 {
+        let age = if i % 50 == 7 {
+            String::new()
+        } else {
+            (20 + i % 40).to_string()
+        };
+        s.push_str(&format!("{i},person {i},{age},{}.5\n", i * 3));
+    }
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn runner_config(srv: &Server, token: &str, csv: &Path) -> RunnerConfig {
+    RunnerConfig {
+        server: srv.url(""),
+        token: token.to_owned(),
+        name: "e2e".into(),
+        slots: 2,
+        datasets: vec![DatasetSpec {
+            name: "people".into(),
+            path: csv.to_owned(),
+            format: DatasetFormat::Csv,
+        }],
+        show_progress_bars: false,
+    }
+}
+
+async fn wait_status(srv: &Server, key: &str, id: &str, want: &[&str], secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (_, t) = call(
+            reqwest::Method::GET,
+            srv.url(&format!("/api/v1/tasks/{id}")),
+            key,
+            None,
+        )
+        .await;
+        if want.iter().any(|w| t["status"] == *w) {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} stuck: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_runner_online(srv: &Server, key: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = call(reqwest::Method::GET, srv.url("/api/v1/runners"), key, None).await;
+        if let Some(r) = v["runners"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["state"] != "offline"))
+        {
+            return r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runner never came online: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn fetch_on_csv_end_to_end_with_progress_and_reconnect_after_restart() {
+    let dir = temp_dir("fetch");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (st, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let token = r["token"].as_str().unwrap().to_owned();
+
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+        let _ = runner_stopped.await;
+    }));
+    let listed = wait_runner_online(&srv, &key).await;
+    // The greeting advertised the dataset with its schema and row count (never its path).
+    let ds = &listed["datasets"][0];
+    assert_eq!(ds["name"], "people");
+    assert_eq!(ds["row_count"], 250);
+    let cols: Vec<&str> = ds["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["id", "name", "age", "score"]);
+    assert!(
+        !listed.to_string().contains(csv.to_str().unwrap()),
+        "path must not leak"
+    );
+
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 100,
+            "params": {"dataset": "people", "columns": ["name", "age"], "limit": 3, "offset": 6}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 20).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    let rd = &res["result_data"];
+    assert_eq!(rd["row_count"], 250);
+    assert_eq!(rd["columns"], json!(["name", "age"]));
+    assert_eq!(
+        rd["rows"],
+        json!([["person 6", 26], ["person 7", null], ["person 8", 28]])
+    );
+
+    // Progress was reported and only moved forward, ending at 100.
+    let (_, h) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/events")),
+        &key,
+        None,
+    )
+    .await;
+    let progress: Vec<u64> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "task.progress")
+        .map(|e| e["progress"].as_u64().unwrap())
+        .collect();
+    assert!(!progress.is_empty(), "no progress events: {h}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+
+    // Unknown column → a typed failure from the runner, naming the field.
+    let (_, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 100, "params": {"dataset": "people", "columns": ["nope"]}
+        })),
+    )
+    .await;
+    let bad = t["task_id"].as_str().unwrap().to_owned();
+    let failed = wait_status(&srv, &key, &bad, &["completed", "failed"], 20).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "invalid_params", "{failed}");
+    assert!(failed["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nope"));
+
+    // Restart the server on the same address: the runner reconnects by itself and runs a task
+    // created while it was away.
+    let addr = srv.addr;
+    srv.shutdown().await;
+    let srv = start_server(&dir.join("srv"), Some(addr)).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 100, "params": {"dataset": "people", "limit": 1}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let again = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &again, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let _ = stop_runner.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn revoked_runner_stops_with_an_error() {
+    let dir = temp_dir("revoke");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let rid = r["runner_id"].as_str().unwrap().to_owned();
+    let runner = tokio::spawn(dap_runner::run(
+        runner_config(&srv, &token, &csv),
+        std::future::pending(),
+    ));
+    wait_runner_online(&srv, &key).await;
+    let (st, _) = call(
+        reqwest::Method::DELETE,
+        srv.url(&format!("/api/v1/runners/{rid}")),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .expect("runner stops")
+        .unwrap();
+    assert!(matches!(r, Err(RunnerError::Revoked)), "{r:?}");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
