@@ -58,7 +58,12 @@ struct Bench {
 struct TempDir(std::path::PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // DAP_BENCH_KEEP=1 keeps the database for inspection.
+        if std::env::var_os("DAP_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("kept {}", self.0.display());
+        }
     }
 }
 
@@ -217,7 +222,7 @@ async fn latency(b: &Bench, iterations: usize) {
         .send()
         .await
         .expect("sse");
-    tokio::spawn(async move {
+    let sse = tokio::spawn(async move {
         use eventsource_stream::Eventsource;
         let mut s = resp.bytes_stream().eventsource();
         while let Some(Ok(ev)) = s.next().await {
@@ -264,6 +269,11 @@ async fn latency(b: &Bench, iterations: usize) {
     println!("noop_round_trip_p50: {:.3} ms", pct(&round, 0.50));
     println!("noop_round_trip_p99: {:.3} ms", pct(&round, 0.99));
     println!("latency_iterations: {} count", dispatch.len());
+    // The throughput runs measure the platform, not this client's SSE parsing.
+    sse.abort();
+    b.state
+        .dispatcher
+        .close_runner(&runner_id, 1000, "latency run over");
 }
 
 async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, secs: u64) {

@@ -41,9 +41,8 @@ CREATE TABLE tasks (
     finished_at      INTEGER,
     updated_at       INTEGER NOT NULL
 );
-CREATE INDEX tasks_by_status ON tasks (status, created_at);
-CREATE INDEX tasks_by_runner ON tasks (runner_id, created_at);
-CREATE INDEX tasks_by_created ON tasks (created_at);
+CREATE INDEX tasks_by_status ON tasks (status, id);
+CREATE INDEX tasks_by_runner ON tasks (runner_id, id);
 
 -- Append-only log of task and runner events; its id is the SSE event id.
 CREATE TABLE events (

@@ -114,7 +114,7 @@ impl Store {
              SELECT 'task.requeued', id, NULL, json_object('type', 'task.requeued', 'task_id', id, \
              'status', 'queued', 'operation_code', operation_code, 'attempt', attempt, 'progress', 0, \
              'reason', 'server_restart', 'at', ?), ? FROM tasks WHERE status IN ('assigned', 'running') \
-             ORDER BY created_at",
+             ORDER BY id",
         )
         .bind(now)
         .bind(now)
@@ -152,7 +152,7 @@ impl Store {
             cond.push_str(" AND runner_id = ?");
         }
         let sql =
-            format!("SELECT {TASK_COLUMNS} FROM tasks{cond} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
+            format!("SELECT {TASK_COLUMNS} FROM tasks{cond} ORDER BY id DESC LIMIT ? OFFSET ?");
         let count_sql = format!("SELECT COUNT(*) FROM tasks{cond}");
         let mut q = sqlx::query(&sql);
         let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
@@ -177,7 +177,7 @@ impl Store {
     /// Queued tasks in creation order (to rebuild the dispatcher's queue at start-up).
     pub async fn queued_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY created_at, id"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY id"
         ))
         .fetch_all(&self.pool)
         .await?;

@@ -103,7 +103,12 @@ struct Pending {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
+    /// The checkpointer thread stops when the last handle is gone.
+    _alive: std::sync::Arc<()>,
 }
+
+/// How often WAL frames are copied back into the database file, off the commit path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 impl Writer {
     /// Opens the database file at `path` and starts the writer thread. The thread ends when
@@ -118,13 +123,35 @@ impl Writer {
             if synchronous_full { "FULL" } else { "NORMAL" },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints run on their own connection (below), so a commit never stalls while
+        // thousands of WAL frames are copied into the main file.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.set_prepared_statement_cache_capacity(64);
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(Duration::from_secs(1))?;
         let (tx, rx) = mpsc::channel(16_384);
+        let alive = std::sync::Arc::new(());
+        let weak = std::sync::Arc::downgrade(&alive);
+        let spawn_err = |e| StoreError::Corrupt(format!("cannot start store thread: {e}"));
         std::thread::Builder::new()
             .name("dap-store-writer".into())
             .spawn(move || run(conn, rx, bus))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok(Self { tx })
+            .map_err(spawn_err)?;
+        std::thread::Builder::new()
+            .name("dap-store-ckpt".into())
+            .spawn(move || {
+                while weak.upgrade().is_some() {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    // PASSIVE never blocks the writer; what it cannot copy now it copies next time.
+                    let r =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(spawn_err)?;
+        Ok(Self { tx, _alive: alive })
     }
 
     /// Applies `op` and waits for its commit.
