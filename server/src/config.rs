@@ -65,6 +65,18 @@ pub struct ServeArgs {
     /// Interval of WebSocket pings to runners; three missed ones drop the link.
     #[arg(long, env = "DAP_HEARTBEAT_MS", default_value_t = 3000, global = true)]
     pub heartbeat_ms: u64,
+    /// How long a runner whose connection dropped keeps its tasks: if it reconnects in time
+    /// it resumes them, otherwise they are requeued.
+    #[arg(
+        long,
+        env = "DAP_RUNNER_GRACE_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub runner_grace_ms: u64,
+    /// A task whose runner is lost this many times fails with `runner_lost`.
+    #[arg(long, env = "DAP_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    pub max_attempts: u32,
     /// Browser origins allowed to call the API and the SSE feed (comma-separated); none by default.
     #[arg(
         long = "cors-origin",
@@ -133,6 +145,8 @@ pub struct ServeConfig {
     pub database_url: String,
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
+    pub runner_grace: Duration,
+    pub max_attempts: u32,
     pub cors_origins: Vec<String>,
 }
 
@@ -143,6 +157,8 @@ impl ServeConfig {
             database_url: store.database_url(),
             data_dir: store.data_dir.clone(),
             heartbeat: Duration::from_millis(serve.heartbeat_ms.max(100)),
+            runner_grace: Duration::from_millis(serve.runner_grace_ms),
+            max_attempts: serve.max_attempts,
             cors_origins: serve.cors_origins.clone(),
         }
     }
@@ -154,6 +170,8 @@ impl ServeConfig {
             database_url: format!("sqlite://{}", dir.join("dap.db").display()),
             data_dir: dir.to_owned(),
             heartbeat: Duration::from_millis(3000),
+            runner_grace: Duration::from_secs(30),
+            max_attempts: 3,
             cors_origins: Vec::new(),
         }
     }

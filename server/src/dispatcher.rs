@@ -133,30 +133,33 @@ impl LiveRunner {
     }
 }
 
+/// What a runner whose socket ended still holds during its grace period.
+struct Lingering {
+    /// task id → attempt
+    running: HashMap<String, u32>,
+    /// Identifies this disconnection, so a stale expiry timer does nothing.
+    epoch: u64,
+}
+
 #[derive(Default)]
 struct State {
     runners: HashMap<String, LiveRunner>,
-    /// order → task; `order` grows with enqueue time so iteration is FIFO.
-    queue: BTreeMap<u64, QueuedTask>,
-    queued: HashMap<String, u64>,
-    next_order: u64,
+    /// Runners that disconnected while holding tasks and may still come back and resume them.
+    lingering: HashMap<String, Lingering>,
+    next_epoch: u64,
+    /// Waiting tasks keyed by id. Ids are UUIDv7 (time-ordered), so iteration is oldest task
+    /// first, and a requeued task gets its old place back rather than going to the end.
+    queue: BTreeMap<String, QueuedTask>,
     next_conn: u64,
 }
 
 impl State {
     fn enqueue(&mut self, t: QueuedTask) {
-        if self.queued.contains_key(&t.task_id) {
-            return;
-        }
-        let order = self.next_order;
-        self.next_order += 1;
-        self.queued.insert(t.task_id.clone(), order);
-        self.queue.insert(order, t);
+        self.queue.entry(t.task_id.clone()).or_insert(t);
     }
 
     fn remove_queued(&mut self, task_id: &str) -> Option<QueuedTask> {
-        let order = self.queued.remove(task_id)?;
-        self.queue.remove(&order)
+        self.queue.remove(task_id)
     }
 }
 
@@ -169,19 +172,31 @@ struct StateChange {
     hello: Option<String>,
 }
 
+/// How long a vanished runner may take to come back, and how often a task may be lost.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    /// A runner whose socket ended keeps its tasks this long; if it reconnects and its greeting
+    /// lists them (same attempt) they resume, otherwise they are requeued.
+    pub grace: std::time::Duration,
+    /// A task whose runner was lost this many times fails with `runner_lost`.
+    pub max_attempts: u32,
+}
+
 pub struct Dispatcher {
     state: Mutex<State>,
     store: Store,
     changes: mpsc::UnboundedSender<StateChange>,
+    leases: Leases,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, leases: Leases) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
         let d = Arc::new(Self {
             state: Mutex::default(),
             store: store.clone(),
             changes,
+            leases,
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -193,15 +208,69 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Loads queued tasks from the store (at start-up).
-    pub async fn load_queue(&self) -> Result<usize, crate::store::StoreError> {
+    /// Rebuilds state from the store at start-up: the queue, and the tasks runners were holding
+    /// when the previous process stopped (each runner gets its grace period to resume them).
+    /// Returns (queued, in flight).
+    pub async fn load(self: &Arc<Self>) -> Result<(usize, usize), crate::store::StoreError> {
         let tasks = self.store.queued_tasks().await?;
-        let n = tasks.len();
-        let mut st = self.lock();
-        for t in &tasks {
-            st.enqueue(QueuedTask::from_task(t));
+        let in_flight = self.store.in_flight_tasks().await?;
+        let mut epochs = Vec::new();
+        {
+            let mut st = self.lock();
+            for t in &tasks {
+                st.enqueue(QueuedTask::from_task(t));
+            }
+            for (task, runner, attempt) in &in_flight {
+                if !st.lingering.contains_key(runner) {
+                    st.next_epoch += 1;
+                    let epoch = st.next_epoch;
+                    st.lingering.insert(
+                        runner.clone(),
+                        Lingering {
+                            running: HashMap::new(),
+                            epoch,
+                        },
+                    );
+                    epochs.push((runner.clone(), epoch));
+                }
+                if let Some(l) = st.lingering.get_mut(runner) {
+                    l.running.insert(task.clone(), *attempt);
+                }
+            }
         }
-        Ok(n)
+        for (runner, epoch) in epochs {
+            self.schedule_expiry(runner, epoch);
+        }
+        Ok((tasks.len(), in_flight.len()))
+    }
+
+    fn schedule_expiry(self: &Arc<Self>, runner_id: String, epoch: u64) {
+        let me = Arc::clone(self);
+        let grace = self.leases.grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            me.expire(&runner_id, epoch).await;
+        });
+    }
+
+    /// The grace period of a vanished runner ran out: requeue (or fail) what it held.
+    async fn expire(self: &Arc<Self>, runner_id: &str, epoch: u64) {
+        let tasks: Vec<(String, u32)> = {
+            let mut st = self.lock();
+            match st.lingering.get(runner_id) {
+                Some(l) if l.epoch == epoch => {}
+                _ => return,
+            }
+            let l = st.lingering.remove(runner_id).expect("checked above");
+            let mut v: Vec<_> = l.running.into_iter().collect();
+            v.sort();
+            v
+        };
+        if !tasks.is_empty() {
+            tracing::warn!(%runner_id, tasks = tasks.len(), "runner did not come back within its grace period");
+        }
+        self.requeue_lost(runner_id, tasks, "runner_lost").await;
+        self.pump_all().await;
     }
 
     /// Reserves a slot for a new task (attempt 1). `Ok(None)`: no runner can take it now.
@@ -326,37 +395,55 @@ impl Dispatcher {
     }
 
     /// Registers a runner after its greeting. Returns the connection id (to unregister with).
-    /// A previous connection of the same runner is closed; its tasks that the new greeting
-    /// still lists as running (same attempt) stay attached, the others are requeued.
+    ///
+    /// What the server still counts as held by this runner — from a previous connection that
+    /// is being replaced, or one that ended within the grace period — resumes if the greeting
+    /// lists it with the same attempt, and is requeued otherwise (the runner lost it). Tasks the
+    /// greeting lists that the server no longer holds for it are cancelled on the runner: their
+    /// attempt is superseded and its results would be refused anyway.
     pub async fn register(
         self: &Arc<Self>,
         runner_id: &str,
         hello: &Hello,
         tx: mpsc::UnboundedSender<Outbound>,
     ) -> u64 {
-        let (conn_id, orphans, state) = {
+        let (conn_id, orphans, state, resumed) = {
             let mut st = self.lock();
             st.next_conn += 1;
             let conn_id = st.next_conn;
-            let mut running = HashMap::new();
-            let mut orphans = Vec::new();
+            let mut held: HashMap<String, u32> = HashMap::new();
             if let Some(old) = st.runners.remove(runner_id) {
                 let _ = old.tx.send(Outbound::Close(
                     close_code::REPLACED,
                     "replaced by a newer connection".into(),
                 ));
-                for (task, attempt) in old.running {
-                    if hello
-                        .running
-                        .iter()
-                        .any(|t| t.task_id == task && t.attempt == attempt)
-                    {
-                        running.insert(task, attempt);
-                    } else {
-                        orphans.push((task, attempt));
-                    }
+                held.extend(old.running);
+            }
+            if let Some(l) = st.lingering.remove(runner_id) {
+                held.extend(l.running);
+            }
+            let mut running = HashMap::new();
+            let mut orphans = Vec::new();
+            for (task, attempt) in held {
+                if hello
+                    .running
+                    .iter()
+                    .any(|t| t.task_id == task && t.attempt == attempt)
+                {
+                    running.insert(task, attempt);
+                } else {
+                    orphans.push((task, attempt));
                 }
             }
+            for t in &hello.running {
+                if running.get(&t.task_id) != Some(&t.attempt) {
+                    let _ = tx.send(Outbound::Send(ServerMessage::Cancel {
+                        task_id: t.task_id.clone(),
+                        attempt: t.attempt,
+                    }));
+                }
+            }
+            let resumed = running.len();
             let r = LiveRunner {
                 conn_id,
                 name: hello.name.clone(),
@@ -370,44 +457,85 @@ impl Dispatcher {
             };
             let state = r.state();
             st.runners.insert(runner_id.to_owned(), r);
-            (conn_id, orphans, state)
+            (conn_id, orphans, state, resumed)
         };
+        if resumed > 0 {
+            tracing::info!(%runner_id, resumed, "runner resumed its tasks");
+        }
         let hello_json = serde_json::to_string(hello).ok();
         let _ = self.changes.send(StateChange {
             runner_id: runner_id.to_owned(),
             kind: "runner.online",
             data: json!({ "runner_id": runner_id, "state": state.as_str(), "name": hello.name,
-                          "slots": hello.slots }),
+                          "slots": hello.slots, "resumed_tasks": resumed }),
             hello: hello_json,
         });
-        self.requeue(runner_id, orphans, "runner_reconnected").await;
-        self.pump(runner_id).await;
+        self.requeue_lost(runner_id, orphans, "runner_lost_task")
+            .await;
+        self.pump_all().await;
         conn_id
     }
 
-    /// Removes a runner whose connection `conn_id` ended and requeues what it was running.
+    /// Removes a runner whose connection `conn_id` ended. What it held stays reserved for the
+    /// grace period (it may reconnect and resume); after that it is requeued.
     pub async fn unregister(self: &Arc<Self>, runner_id: &str, conn_id: u64) {
-        let orphans = {
+        let epoch = {
             let mut st = self.lock();
             match st.runners.get(runner_id) {
                 Some(r) if r.conn_id == conn_id => {}
                 _ => return,
             }
             let r = st.runners.remove(runner_id).expect("checked above");
-            r.running.into_iter().collect::<Vec<_>>()
+            if r.running.is_empty() {
+                None
+            } else {
+                st.next_epoch += 1;
+                let epoch = st.next_epoch;
+                st.lingering.insert(
+                    runner_id.to_owned(),
+                    Lingering {
+                        running: r.running,
+                        epoch,
+                    },
+                );
+                Some(epoch)
+            }
         };
         self.emit(runner_id, "runner.offline", RunnerState::Offline);
-        self.requeue(runner_id, orphans, "runner_disconnected")
-            .await;
-        self.pump_all().await;
+        if let Some(epoch) = epoch {
+            self.schedule_expiry(runner_id.to_owned(), epoch);
+        }
     }
 
-    /// Puts tasks a runner held back in the queue (store first, then memory).
+    /// Requeues attempts a runner lost, failing with `runner_lost` those that were the last
+    /// allowed attempt.
+    async fn requeue_lost(
+        self: &Arc<Self>,
+        runner_id: &str,
+        tasks: Vec<(String, u32)>,
+        reason: &'static str,
+    ) {
+        self.requeue_with(runner_id, tasks, reason, Some(self.leases.max_attempts))
+            .await
+    }
+
+    /// Puts tasks a runner held back in the queue (store first, then memory). Used when a task
+    /// never reached the runner, so it does not count against `max_attempts`.
     pub async fn requeue(
         self: &Arc<Self>,
         runner_id: &str,
         tasks: Vec<(String, u32)>,
         reason: &'static str,
+    ) {
+        self.requeue_with(runner_id, tasks, reason, None).await
+    }
+
+    async fn requeue_with(
+        self: &Arc<Self>,
+        runner_id: &str,
+        tasks: Vec<(String, u32)>,
+        reason: &'static str,
+        max_attempts: Option<u32>,
     ) {
         for (task_id, attempt) in tasks {
             let op = WriteOp::Requeue {
@@ -415,6 +543,7 @@ impl Dispatcher {
                 runner_id: runner_id.to_owned(),
                 attempt,
                 reason,
+                max_attempts,
             };
             match self.store.write(op).await {
                 Ok(Outcome::Applied(true)) => {
@@ -456,8 +585,8 @@ impl Dispatcher {
                     return;
                 };
                 let mut picked = Vec::new();
-                let mut orders = Vec::new();
-                for (order, t) in st.queue.iter() {
+                let mut taken = Vec::new();
+                for (key, t) in st.queue.iter() {
                     if r.running.len() as u32 >= r.slots {
                         break;
                     }
@@ -467,12 +596,10 @@ impl Dispatcher {
                     let attempt = t.attempt + 1;
                     r.running.insert(t.task_id.clone(), attempt);
                     picked.push((t.clone(), attempt));
-                    orders.push(*order);
+                    taken.push(key.clone());
                 }
-                for o in orders {
-                    if let Some(t) = st.queue.remove(&o) {
-                        st.queued.remove(&t.task_id);
-                    }
+                for o in taken {
+                    st.queue.remove(&o);
                 }
                 let busy = !picked.is_empty() && r.state() == RunnerState::Busy;
                 (picked, busy)

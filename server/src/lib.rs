@@ -58,24 +58,28 @@ pub enum ServerError {
     Io(String, std::io::Error),
 }
 
-/// Opens the store (applying migrations), requeues tasks orphaned by a previous process and
-/// loads the queue.
+/// Opens the store (applying migrations) and rebuilds the dispatcher from it: the queue, and
+/// the tasks runners held when the previous process stopped.
 pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ServerError::Io(format!("creating {}", config.data_dir.display()), e))?;
     let bus = events::EventBus::new();
     let store = store::Store::open(&config.database_url, bus.clone()).await?;
-    let requeued = store.requeue_orphans().await?;
-    if requeued > 0 {
-        tracing::info!(
-            requeued,
-            "tasks left running by a previous process were requeued"
-        );
-    }
     let jwt = auth::JwtKeys::load_or_create(&config.data_dir)?;
-    let dispatcher = Dispatcher::new(store.clone());
-    let queued = dispatcher.load_queue().await?;
-    tracing::info!(queued, "store open");
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        dispatcher::Leases {
+            grace: config.runner_grace,
+            max_attempts: config.max_attempts,
+        },
+    );
+    let (queued, in_flight) = dispatcher.load().await?;
+    tracing::info!(
+        queued,
+        in_flight,
+        grace_s = config.runner_grace.as_secs_f64(),
+        "store open; runners holding in-flight tasks have their grace period to resume them"
+    );
     let (shutdown_tx, shutdown) = watch::channel(false);
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),

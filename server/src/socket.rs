@@ -116,6 +116,11 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
         }
     };
     let heartbeat = s.settings.heartbeat;
+    // Register before the welcome: a client that creates a task the moment the runner says it
+    // is connected must find it registered. What registration pushes (assignments, cancels)
+    // waits in the channel and goes out after the welcome.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn_id = s.dispatcher.register(&runner_id, &hello, tx.clone()).await;
     let welcome = ServerMessage::Welcome {
         runner_id: runner_id.clone(),
         heartbeat_interval_ms: heartbeat.as_millis() as u64,
@@ -125,11 +130,10 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
         .await
         .is_err()
     {
+        s.dispatcher.unregister(&runner_id, conn_id).await;
         return;
     }
     tracing::info!(%runner_id, name = %hello.name, slots = hello.slots, "runner connected");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let conn_id = s.dispatcher.register(&runner_id, &hello, tx.clone()).await;
 
     let mut send_task = tokio::spawn(send_loop(sink, rx, heartbeat, s.shutdown.clone()));
     let mut recv_task = tokio::spawn(recv_loop(
@@ -139,14 +143,11 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
         tx,
         heartbeat,
     ));
+    // When the send half ends it has sent any close frame it was asked to; when the receive
+    // half ends the peer is gone (or silent), so there is nothing left worth sending.
     tokio::select! {
         _ = &mut send_task => recv_task.abort(),
-        _ = &mut recv_task => {
-            // Let the send half flush a close frame it may have been asked to send.
-            if tokio::time::timeout(Duration::from_secs(1), &mut send_task).await.is_err() {
-                send_task.abort();
-            }
-        }
+        _ = &mut recv_task => send_task.abort(),
     }
     tracing::info!(%runner_id, "runner disconnected");
     s.dispatcher.unregister(&runner_id, conn_id).await;

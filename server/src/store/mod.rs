@@ -103,33 +103,19 @@ impl Store {
         self.writer.submit(op).await
     }
 
-    /// At start-up no runner is connected, so tasks left `assigned`/`running` by a previous
-    /// process are put back in the queue (their next attempt gets a new number, which fences any
-    /// late result of the old one).
-    pub async fn requeue_orphans(&self) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO events (kind, task_id, runner_id, data, created_at) \
-             SELECT 'task.requeued', id, NULL, json_object('type', 'task.requeued', 'task_id', id, \
-             'status', 'queued', 'operation_code', operation_code, 'attempt', attempt, 'progress', 0, \
-             'reason', 'server_restart', 'at', ?), ? FROM tasks WHERE status IN ('assigned', 'running') \
-             ORDER BY id",
+    /// Tasks a runner was holding when the previous process stopped: `(task_id, runner_id,
+    /// attempt)` for every `assigned`/`running` task. At start-up the dispatcher gives each
+    /// runner its grace period to reconnect and resume them.
+    pub async fn in_flight_tasks(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, runner_id, attempt FROM tasks WHERE status IN ('assigned', 'running') \
+             AND runner_id IS NOT NULL ORDER BY id",
         )
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let n = sqlx::query(
-            "UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
-             message = NULL, updated_at = ? WHERE status IN ('assigned', 'running')",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n)
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? as u32)))
+            .collect()
     }
 
     // ---- tasks ----

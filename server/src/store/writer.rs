@@ -55,11 +55,14 @@ pub enum WriteOp {
     Cancel {
         task_id: String,
     },
+    /// Puts an attempt back in the queue. With `max_attempts`, an attempt that was the last
+    /// one allowed fails the task with `runner_lost` instead.
     Requeue {
         task_id: String,
         runner_id: String,
         attempt: u32,
         reason: &'static str,
+        max_attempts: Option<u32>,
     },
     RunnerState {
         runner_id: String,
@@ -78,6 +81,8 @@ pub enum Outcome {
     Applied(bool),
     /// Result of a cancel request.
     Cancel(CancelOutcome),
+    /// A requeue found the task on its last allowed attempt and failed it (`runner_lost`).
+    Lost,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -466,7 +471,45 @@ fn apply(
             runner_id,
             attempt,
             reason,
+            max_attempts,
         } => {
+            if max_attempts.is_some_and(|max| *attempt >= max) {
+                let row: Option<(i64, i64)> = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET status = 'failed', error_code = 'runner_lost', error_message = ?1, \
+                         finished_at = ?2, updated_at = ?2 \
+                         WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running') \
+                         RETURNING operation_code, progress",
+                    )?
+                    .query_row(
+                        params![
+                            format!("runner lost the task on attempt {attempt} of {attempt} ({reason})"),
+                            now,
+                            task_id,
+                            runner_id,
+                            attempt
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((code, progress)) = row else {
+                    return Ok(Outcome::Applied(false));
+                };
+                let data = json!({
+                    "task_id": task_id, "status": "failed", "operation_code": code,
+                    "runner_id": runner_id, "attempt": attempt, "progress": progress,
+                    "error": { "code": "runner_lost", "message": format!("runner lost the task ({reason}) and no attempts are left") },
+                });
+                append_event(
+                    tx,
+                    events,
+                    "task.failed",
+                    Some(task_id),
+                    Some(runner_id),
+                    data,
+                )?;
+                return Ok(Outcome::Lost);
+            }
             let code: Option<i64> = tx
                 .prepare_cached(
                     "UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \

@@ -50,7 +50,11 @@ impl TestServer {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = temp_dir("srv");
+        Self::start_in(temp_dir("srv"), tune).await
+    }
+
+    /// Starts a server on an existing data directory (to restart one).
+    pub async fn start_in(dir: PathBuf, tune: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig::for_dir(&dir);
         tune(&mut config);
         let state = build_state(&config).await.unwrap();
@@ -94,13 +98,16 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the server gracefully and keeps its data directory (for a restart).
+    pub async fn stop_keep(mut self) -> PathBuf {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        self.state.store.close().await;
+        std::mem::take(&mut self.dir)
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
@@ -180,7 +187,9 @@ impl Drop for TestServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -240,6 +249,17 @@ impl ProtoRunner {
         slots: u32,
         datasets: &[&str],
     ) -> Self {
+        Self::connect_with(srv_addr, credential, slots, datasets, vec![]).await
+    }
+
+    /// Connects with a greeting that lists tasks still running from an earlier connection.
+    pub async fn connect_with(
+        srv_addr: std::net::SocketAddr,
+        credential: &str,
+        slots: u32,
+        datasets: &[&str],
+        running: Vec<dap_protocol::RunningTask>,
+    ) -> Self {
         let base = format!("http://{srv_addr}");
         let jwt = runner_jwt(&base, credential).await.expect("token exchange");
         let mut ws = ws_connect(srv_addr, Some(&jwt)).await.expect("upgrade");
@@ -250,7 +270,7 @@ impl ProtoRunner {
             slots,
             operations: dap_protocol::op::ALL.to_vec(),
             datasets: datasets.iter().map(|d| dataset(d)).collect(),
-            running: vec![],
+            running,
         });
         ws.send(Message::Text(hello.to_json().into()))
             .await

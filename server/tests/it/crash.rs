@@ -120,7 +120,8 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
 
     let (mut child, addr) = start(&dir);
     let base = format!("http://{addr}");
-    for t in [&a, &b] {
+    // The assigned task is kept for its runner's grace period; the queued one is still queued.
+    for (t, status) in [(&a, "assigned"), (&b, "queued")] {
         let id = t["task_id"].as_str().unwrap();
         let (st, v) = call(
             reqwest::Method::GET,
@@ -130,8 +131,10 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
         )
         .await;
         assert_eq!(st, 200, "task {id} survived the crash");
-        assert_eq!(v["status"], "queued");
+        assert_eq!(v["status"], status);
     }
+    // The runner comes back without the task (it was lost with the old connection), so it is
+    // requeued at once and pushed again as attempt 2.
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
     let first = runner.next_assignment(5).await;
     assert_eq!(first.task_id, held.task_id);

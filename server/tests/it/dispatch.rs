@@ -184,7 +184,7 @@ async fn two_hundred_concurrent_creates_on_three_two_slot_runners_never_exceed_s
 
 #[tokio::test]
 async fn tasks_route_to_runners_holding_the_dataset_and_requeue_on_disconnect() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.runner_grace = Duration::from_millis(300)).await;
     let (_, c1) = srv.enrol("has-a").await;
     let (_, c2) = srv.enrol("has-b").await;
     let mut ra = ProtoRunner::connect(srv.addr, &c1, 4, &["a"]).await;
@@ -197,8 +197,9 @@ async fn tasks_route_to_runners_holding_the_dataset_and_requeue_on_disconnect() 
     assert_eq!(a.task_id, tid);
     assert!(ra.next(1).await.is_none());
 
-    // Runner b drops mid-task: the task goes back to the queue and, when b (the only holder of
-    // dataset "b") reconnects, is pushed again with attempt 2. A result for attempt 1 is refused.
+    // Runner b drops mid-task and stays away past its grace period: the task goes back to the
+    // queue and, when b (the only holder of dataset "b") reconnects without it, is pushed again
+    // with attempt 2. A result for attempt 1 is refused.
     drop(rb);
     srv.wait_status(&tid, "queued", 5).await;
     let mut rb = ProtoRunner::connect(srv.addr, &c2, 4, &["b"]).await;

@@ -7,3 +7,4 @@ mod auth;
 mod crash;
 mod dispatch;
 mod flow;
+mod leases;

@@ -1,0 +1,160 @@
+//! A runner that vanishes keeps its tasks for a grace period: back in time, it resumes them
+//! (same attempt, progress continuing); too late, they are requeued to another runner (attempt
+//! + 1) and its late results are refused; lost too often, the task fails with `runner_lost`.
+
+use std::time::Duration;
+
+use dap_protocol::{RunningTask, ServerMessage};
+use serde_json::json;
+
+use crate::common::*;
+
+fn running(a: &dap_protocol::Assignment) -> Vec<RunningTask> {
+    vec![RunningTask {
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+    }]
+}
+
+async fn progress_of(srv: &TestServer, id: &str) -> Vec<u64> {
+    let (_, h) = srv
+        .get(&format!("/api/v1/tasks/{id}/events"), &srv.read_key)
+        .await;
+    h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "task.progress")
+        .map(|e| e["progress"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_runner_that_reconnects_within_grace_resumes_its_task() {
+    let srv = TestServer::start().await;
+    let (rid, cred) = srv.enrol("r").await;
+    let mut r = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a = r.next_assignment(5).await;
+    r.progress(&a, 30, "working").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(r); // the link dies mid-task
+
+    // While it is away the task stays with it, and the runner counts as offline.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = srv.task(&id).await;
+    assert_eq!(
+        (t["status"].as_str(), t["attempt"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    let (_, runner) = srv
+        .get(&format!("/api/v1/runners/{rid}"), &srv.read_key)
+        .await;
+    assert_eq!(runner["state"], "offline");
+
+    // It comes back listing the task: no new assignment, the slot is still taken by it.
+    let mut r = ProtoRunner::connect_with(srv.addr, &cred, 1, &[], running(&a)).await;
+    assert!(r.next(1).await.is_none(), "nothing is pushed again");
+    let (_, runner) = srv
+        .get(&format!("/api/v1/runners/{rid}"), &srv.read_key)
+        .await;
+    assert_eq!(runner["state"], "busy");
+    assert_eq!(runner["current_task"], id.as_str());
+    r.progress(&a, 60, "still working").await;
+    r.complete(&a, json!({"resumed": true})).await;
+    let t = srv.wait_status(&id, "completed", 5).await;
+    assert_eq!(t["attempt"], 1, "the same attempt finished");
+    assert_eq!(
+        progress_of(&srv, &id).await,
+        [30, 60],
+        "progress continued monotonically"
+    );
+}
+
+#[tokio::test]
+async fn after_the_grace_period_the_task_moves_to_another_runner_and_the_late_result_is_refused() {
+    let srv = TestServer::start_with(|c| c.runner_grace = Duration::from_millis(400)).await;
+    let (_, cred_a) = srv.enrol("a").await;
+    let (_, cred_b) = srv.enrol("b").await;
+    let mut ra = ProtoRunner::connect(srv.addr, &cred_a, 1, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a1 = ra.next_assignment(5).await;
+    let mut rb = ProtoRunner::connect(srv.addr, &cred_b, 1, &[]).await;
+    drop(ra);
+
+    // Within the grace period b gets nothing; after it, b gets attempt 2.
+    assert!(rb.next(0).await.is_none());
+    let b2 = rb.next_assignment(5).await;
+    assert_eq!((b2.task_id.as_str(), b2.attempt), (id.as_str(), 2));
+
+    // a comes back still listing attempt 1: it is told to stop it, and its result is refused.
+    let mut ra = ProtoRunner::connect_with(srv.addr, &cred_a, 1, &[], running(&a1)).await;
+    match ra.next(5).await {
+        Some(ServerMessage::Cancel { task_id, attempt }) => {
+            assert_eq!((task_id.as_str(), attempt), (id.as_str(), 1));
+        }
+        other => panic!("expected a cancel of the superseded attempt, got {other:?}"),
+    }
+    ra.complete(&a1, json!({"from": "a"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(srv.task(&id).await["status"], "assigned");
+    rb.complete(&b2, json!({"from": "b"})).await;
+    srv.wait_status(&id, "completed", 5).await;
+    let (_, res) = srv
+        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
+        .await;
+    assert_eq!(res["result_data"]["from"], "b");
+}
+
+#[tokio::test]
+async fn a_task_lost_max_attempts_times_fails_with_runner_lost() {
+    let srv = TestServer::start_with(|c| {
+        c.runner_grace = Duration::from_millis(200);
+        c.max_attempts = 2;
+    })
+    .await;
+    let (_, cred) = srv.enrol("flaky").await;
+    let mut r = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a1 = r.next_assignment(5).await;
+    assert_eq!(a1.attempt, 1);
+    drop(r);
+    srv.wait_status(&id, "queued", 5).await;
+    let mut r = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let a2 = r.next_assignment(5).await;
+    assert_eq!(a2.attempt, 2);
+    drop(r);
+    let t = srv.wait_status(&id, "failed", 5).await;
+    assert_eq!(t["error"]["code"], "runner_lost", "{t}");
+}
+
+#[tokio::test]
+async fn after_a_server_restart_the_runner_resumes_its_task() {
+    let srv = TestServer::start().await;
+    let (_, cred) = srv.enrol("r").await;
+    let key = srv.write_key.clone();
+    let mut r = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a = r.next_assignment(5).await;
+    r.progress(&a, 40, "half").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dir = srv.stop_keep().await;
+    drop(r);
+
+    let srv = TestServer::start_in(dir, |_| {}).await;
+    let t = srv.task(&id).await;
+    assert_eq!(
+        t["status"], "running",
+        "kept for its runner during the grace period"
+    );
+    let mut r = ProtoRunner::connect_with(srv.addr, &cred, 1, &[], running(&a)).await;
+    assert!(r.next(1).await.is_none());
+    r.complete(&a, json!({"survived": "restart"})).await;
+    let t = srv.wait_status(&id, "completed", 5).await;
+    assert_eq!(t["attempt"], 1);
+    let _ = key;
+}
