@@ -232,6 +232,43 @@ async fn fetch_on_csv_end_to_end_with_progress_and_reconnect_after_restart() {
     assert!(!progress.is_empty(), "no progress events: {h}");
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
 
+    // Operation 200 (filter) is routed to the runner that advertises it and holds the dataset.
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 200,
+            "params": {"dataset": "people", "where": {"any": [
+                {"column": "id", "op": "lt", "value": 2},
+                {"column": "age", "op": "is_null"}
+            ]}, "select": ["id", "name"], "sort": [{"column": "id", "descending": true}], "limit": 4}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let fid = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &fid, &["completed", "failed"], 20).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{fid}/result")),
+        &key,
+        None,
+    )
+    .await;
+    // ids 0 and 1, plus the five rows with an empty age (i % 50 == 7), newest first, capped at 4.
+    assert_eq!(
+        res["result_data"]["rows"],
+        json!([
+            [207, "person 207"],
+            [157, "person 157"],
+            [107, "person 107"],
+            [57, "person 57"]
+        ])
+    );
+    assert_eq!(res["result_data"]["input_row_count"], 250);
+
     // Unknown column → a typed failure from the runner, naming the field.
     let (_, t) = call(
         reqwest::Method::POST,

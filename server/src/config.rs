@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// A task whose runner is lost this many times fails with `runner_lost`.
     #[arg(long, env = "DAP_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
     pub max_attempts: u32,
+    /// Largest artifact a runner may upload, in bytes.
+    #[arg(long, env = "DAP_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30, global = true)]
+    pub max_artifact_bytes: u64,
     /// Browser origins allowed to call the API and the SSE feed (comma-separated); none by default.
     #[arg(
         long = "cors-origin",
@@ -147,6 +150,7 @@ pub struct ServeConfig {
     pub heartbeat: Duration,
     pub runner_grace: Duration,
     pub max_attempts: u32,
+    pub max_artifact_bytes: u64,
     pub cors_origins: Vec<String>,
 }
 
@@ -159,6 +163,7 @@ impl ServeConfig {
             heartbeat: Duration::from_millis(serve.heartbeat_ms.max(100)),
             runner_grace: Duration::from_millis(serve.runner_grace_ms),
             max_attempts: serve.max_attempts,
+            max_artifact_bytes: serve.max_artifact_bytes,
             cors_origins: serve.cors_origins.clone(),
         }
     }
@@ -172,6 +177,7 @@ impl ServeConfig {
             heartbeat: Duration::from_millis(3000),
             runner_grace: Duration::from_secs(30),
             max_attempts: 3,
+            max_artifact_bytes: 1 << 30,
             cors_origins: Vec::new(),
         }
     }

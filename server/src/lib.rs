@@ -5,6 +5,7 @@
 //! (`main.rs`) only parses the command line and calls these.
 
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod dispatcher;
 pub mod events;
@@ -30,6 +31,7 @@ use dispatcher::Dispatcher;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat: Duration,
+    pub max_artifact_bytes: u64,
 }
 
 /// Everything a handler can reach.
@@ -39,6 +41,7 @@ pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
     pub jwt: auth::JwtKeys,
     pub keys: auth::ApiKeyVerifier,
+    pub blobs: blobs::FsBlobStore,
     pub settings: Settings,
     /// Flips to `true` when the server is shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
@@ -66,6 +69,9 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     let bus = events::EventBus::new();
     let store = store::Store::open(&config.database_url, bus.clone()).await?;
     let jwt = auth::JwtKeys::load_or_create(&config.data_dir)?;
+    let blob_dir = config.data_dir.join("blobs");
+    let blobs = blobs::FsBlobStore::new(&blob_dir)
+        .map_err(|e| ServerError::Io(format!("creating {}", blob_dir.display()), e))?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         dispatcher::Leases {
@@ -83,12 +89,14 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     let (shutdown_tx, shutdown) = watch::channel(false);
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),
+        blobs,
         store,
         bus,
         dispatcher,
         jwt,
         settings: Settings {
             heartbeat: config.heartbeat,
+            max_artifact_bytes: config.max_artifact_bytes,
         },
         shutdown,
         shutdown_tx,

@@ -295,7 +295,7 @@ async fn finish(
     result: Result<serde_json::Value, dap_protocol::TaskError>,
 ) {
     if !s.dispatcher.holds(runner_id, &task_id, attempt) {
-        tracing::info!(%runner_id, %task_id, attempt, "result of a superseded attempt refused");
+        tracing::debug!(%runner_id, %task_id, attempt, "result of a superseded or finished attempt refused");
         return;
     }
     let op = WriteOp::Finish {

@@ -6,6 +6,7 @@
 //! thread and ships what they report), and they never open a file except through the catalog.
 
 pub mod fetch;
+pub mod filter;
 pub mod params;
 pub mod values;
 
@@ -16,7 +17,7 @@ use crate::catalog::Catalog;
 use crate::progress::ProgressReporter;
 
 /// Operation codes this runner version really implements (advertised in the greeting).
-pub const SUPPORTED: [u16; 2] = [op::NOOP, op::FETCH];
+pub const SUPPORTED: [u16; 3] = [op::NOOP, op::FETCH, op::FILTER];
 
 /// Run operation `code` with `params`. Blocking: call it from a blocking thread.
 pub fn run(
@@ -28,8 +29,9 @@ pub fn run(
     match code {
         op::NOOP => Ok(noop()),
         op::FETCH => fetch::run(params, catalog, progress),
+        op::FILTER => filter::run(params, catalog, progress),
         // Known to the platform but not built yet: say so plainly rather than fake a result.
-        op::FILTER | op::MODEL | op::EXPORT => Err(TaskError::new(
+        op::MODEL | op::EXPORT => Err(TaskError::new(
             failure::UNSUPPORTED_OPERATION,
             format!(
                 "operation {code} ({}) is not implemented by this runner version (dap-runner {})",
@@ -71,7 +73,7 @@ mod tests {
     fn unimplemented_operations_are_unsupported() {
         let cat = Catalog::default();
         let p = ProgressReporter::discard();
-        for code in [op::FILTER, op::MODEL, op::EXPORT] {
+        for code in [op::MODEL, op::EXPORT] {
             let e = run(code, &json!({"dataset": "x"}), &cat, &p).unwrap_err();
             assert_eq!(e.code, failure::UNSUPPORTED_OPERATION, "{code}");
             assert!(e.message.contains("not implemented"), "{}", e.message);
@@ -90,6 +92,19 @@ mod tests {
 
     #[test]
     fn advertises_only_what_it_implements() {
-        assert_eq!(SUPPORTED, [op::NOOP, op::FETCH]);
+        assert_eq!(SUPPORTED, [op::NOOP, op::FETCH, op::FILTER]);
+    }
+
+    #[test]
+    fn filter_is_dispatched() {
+        // An undeclared dataset fails inside the filter, not as an unsupported operation.
+        let e = run(
+            op::FILTER,
+            &json!({"dataset": "x"}),
+            &Catalog::default(),
+            &ProgressReporter::discard(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, failure::UNKNOWN_DATASET, "{e:?}");
     }
 }

@@ -1,15 +1,19 @@
 //! Reading task params (a JSON object) with `invalid_params` errors that name the field.
 //!
 //! Only shape checks live here (types, ranges, unknown keys); what a value means — e.g. whether a
-//! column exists — is checked by the operation that knows.
+//! column exists — is checked by the operation that knows. Nested objects (a filter predicate, a
+//! sort key) are read the same way through [`Params::at`], so their errors name the full path
+//! (`params.group_by.aggregations[1].fn`).
 
 use dap_protocol::{failure, TaskError};
 use serde_json::{Map, Value};
 
-/// The params object of one task.
+/// The params object of one task, or an object nested in it.
 #[derive(Debug)]
 pub struct Params<'a> {
     map: &'a Map<String, Value>,
+    /// Where this object sits, for messages: `params`, `params.sort[0]`, …
+    prefix: String,
 }
 
 pub fn invalid(message: impl Into<String>) -> TaskError {
@@ -21,23 +25,47 @@ impl<'a> Params<'a> {
     pub fn new(value: &'a Value) -> Result<Self, TaskError> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
         match value {
-            Value::Object(map) => Ok(Self { map }),
             Value::Null => Ok(Self {
                 map: EMPTY.get_or_init(Map::new),
+                prefix: "params".to_owned(),
             }),
-            _ => Err(invalid("params must be a JSON object")),
+            other => Self::at(other, "params"),
         }
+    }
+
+    /// An object nested in the params, found at `prefix` (e.g. `params.sort[0]`).
+    pub fn at(value: &'a Value, prefix: impl Into<String>) -> Result<Self, TaskError> {
+        let prefix = prefix.into();
+        match value {
+            Value::Object(map) => Ok(Self { map, prefix }),
+            _ => Err(invalid(format!("{prefix} must be a JSON object"))),
+        }
+    }
+
+    /// Where this object sits (`params`, `params.sort[0]`, …).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Refuse keys the operation does not know, so a typo (`colums`) is not silently ignored.
     pub fn deny_unknown(&self, known: &[&str]) -> Result<(), TaskError> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(invalid(format!(
+            Some(k) if self.prefix == "params" => Err(invalid(format!(
                 "params.{k} is not a parameter of this operation (expected: {})",
+                known.join(", ")
+            ))),
+            Some(k) => Err(invalid(format!(
+                "{}.{k} is not accepted here (expected: {})",
+                self.prefix,
                 known.join(", ")
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The value of `field`, unless absent or null.
+    pub fn value(&self, field: &str) -> Option<&'a Value> {
+        self.get(field)
     }
 
     fn get(&self, field: &str) -> Option<&'a Value> {
@@ -45,10 +73,48 @@ impl<'a> Params<'a> {
     }
 
     pub fn required_str(&self, field: &str) -> Result<&'a str, TaskError> {
+        let prefix = &self.prefix;
         match self.get(field) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(invalid(format!("params.{field} must be a string"))),
-            None => Err(invalid(format!("params.{field} is required"))),
+            Some(_) => Err(invalid(format!("{prefix}.{field} must be a string"))),
+            None => Err(invalid(format!("{prefix}.{field} is required"))),
+        }
+    }
+
+    /// An optional non-empty string.
+    pub fn optional_str(&self, field: &str) -> Result<Option<&'a str>, TaskError> {
+        let prefix = &self.prefix;
+        match self.get(field) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(_) => Err(invalid(format!(
+                "{prefix}.{field} must be a non-empty string"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// An optional boolean, `default` when absent or null.
+    pub fn bool_or(&self, field: &str, default: bool) -> Result<bool, TaskError> {
+        match self.get(field) {
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(invalid(format!(
+                "{}.{field} must be true or false",
+                self.prefix
+            ))),
+            None => Ok(default),
+        }
+    }
+
+    /// An optional integer in `min..=max`; `None` when absent or null.
+    pub fn optional_u64_in(
+        &self,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, TaskError> {
+        match self.get(field) {
+            Some(_) => self.u64_in(field, min, min, max).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -60,7 +126,9 @@ impl<'a> Params<'a> {
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(invalid(format!(
-                "params.{field} must be an integer between {min} and {max} (got {v})"
+                "{}.{field} must be an integer between {min} and {max} (got {})",
+                self.prefix,
+                shorten_json(v)
             ))),
         }
     }
@@ -70,25 +138,38 @@ impl<'a> Params<'a> {
         let Some(v) = self.get(field) else {
             return Ok(None);
         };
+        let prefix = &self.prefix;
         let items = v
             .as_array()
-            .ok_or_else(|| invalid(format!("params.{field} must be an array of strings")))?;
+            .ok_or_else(|| invalid(format!("{prefix}.{field} must be an array of strings")))?;
         if items.is_empty() {
             return Err(invalid(format!(
-                "params.{field} must not be empty (omit it to mean all)"
+                "{prefix}.{field} must not be empty (omit it to mean all)"
             )));
         }
         let mut out: Vec<String> = Vec::with_capacity(items.len());
         for item in items {
             let s = item
                 .as_str()
-                .ok_or_else(|| invalid(format!("params.{field} must be an array of strings")))?;
+                .ok_or_else(|| invalid(format!("{prefix}.{field} must be an array of strings")))?;
             if out.iter().any(|seen| seen == s) {
-                return Err(invalid(format!("params.{field} lists `{s}` twice")));
+                return Err(invalid(format!("{prefix}.{field} lists `{s}` twice")));
             }
             out.push(s.to_owned());
         }
         Ok(Some(out))
+    }
+}
+
+/// A JSON value for a message: its text, cut short so a huge value does not flood the error.
+pub fn shorten_json(v: &Value) -> String {
+    const MAX: usize = 80;
+    let text = v.to_string();
+    if text.chars().count() <= MAX {
+        text
+    } else {
+        let head: String = text.chars().take(MAX).collect();
+        format!("{head}…")
     }
 }
 
@@ -134,5 +215,32 @@ mod tests {
         assert!(Params::new(&dup).unwrap().string_list("l").is_err());
         let empty = json!({"l": []});
         assert!(Params::new(&empty).unwrap().string_list("l").is_err());
+    }
+
+    #[test]
+    fn nested_objects_name_their_path() {
+        let v = json!({"column": "a", "descending": "yes", "n": 3, "e": ""});
+        let p = Params::at(&v, "params.sort[2]").unwrap();
+        assert_eq!(p.prefix(), "params.sort[2]");
+        let e = p.bool_or("descending", false).unwrap_err();
+        assert!(
+            e.message.contains("params.sort[2].descending"),
+            "{}",
+            e.message
+        );
+        assert!(p.bool_or("missing", true).unwrap());
+        assert_eq!(p.optional_str("column").unwrap(), Some("a"));
+        assert_eq!(p.optional_str("missing").unwrap(), None);
+        assert!(p.optional_str("e").is_err());
+        assert_eq!(p.optional_u64_in("n", 0, 5).unwrap(), Some(3));
+        assert_eq!(p.optional_u64_in("missing", 0, 5).unwrap(), None);
+        let e = p.optional_u64_in("n", 0, 2).unwrap_err();
+        assert!(e.message.contains("params.sort[2].n"), "{}", e.message);
+        let e = p.deny_unknown(&["column"]).unwrap_err();
+        assert!(e.message.starts_with("params.sort[2]."), "{}", e.message);
+        let e = Params::at(&json!([1]), "params.where").unwrap_err();
+        assert_eq!(e.message, "params.where must be a JSON object");
+        let long = json!("x".repeat(500));
+        assert!(shorten_json(&long).chars().count() <= 81);
     }
 }

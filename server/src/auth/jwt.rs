@@ -25,6 +25,8 @@ const KEY_FILE: &str = "jwt-hs256.key";
 pub enum TokenKind {
     Runner,
     SseTicket,
+    /// A signed download link for one artifact (`sub` = `<task_id>/<name>`).
+    ArtifactDownload,
 }
 
 impl TokenKind {
@@ -32,12 +34,14 @@ impl TokenKind {
         match self {
             Self::Runner => "runner",
             Self::SseTicket => "sse",
+            Self::ArtifactDownload => "artifact",
         }
     }
     fn aud(self) -> &'static str {
         match self {
             Self::Runner => "dap:runner-socket",
             Self::SseTicket => "dap:sse",
+            Self::ArtifactDownload => "dap:artifact",
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum ApiError {
         message: String,
         details: Option<Value>,
     },
+    /// 413: an upload larger than the configured cap.
+    #[error("{message}")]
+    PayloadTooLarge { code: &'static str, message: String },
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -83,6 +86,9 @@ impl IntoResponse for ApiError {
                 message,
                 details,
             } => (StatusCode::CONFLICT, code, message, details),
+            Self::PayloadTooLarge { code, message } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, code, message, None)
+            }
             Self::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

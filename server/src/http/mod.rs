@@ -2,6 +2,7 @@
 //! Only this layer knows status codes and JSON shapes; it calls the store, the dispatcher and
 //! the auth module, and never touches SQL.
 
+pub mod artifacts;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(tasks::router())
         .merge(runners::router())
         .merge(events::router())
+        .merge(artifacts::router())
         .route(dap_protocol::CONNECT_PATH, get(crate::socket::connect))
         .fallback(not_found)
 }

@@ -342,6 +342,7 @@ async fn result(
             "status": t.status.as_str(),
             "operation_code": t.operation_code,
             "result_data": t.result_data,
+            "artifacts": super::artifacts::artifacts_json(&s, &t.id).await?,
         }))),
         TaskStatus::Failed | TaskStatus::Cancelled => Err(ApiError::Conflict {
             code: "task_failed",

@@ -321,6 +321,75 @@ impl Store {
         Ok(n == 1)
     }
 
+    // ---- artifacts ----
+
+    /// Records an uploaded artifact if `runner_id` still holds the task at `artifact.attempt`
+    /// (the fence). Returns whether it was recorded and the blob key it replaced, if any, so
+    /// the caller can delete those bytes.
+    pub async fn record_artifact(
+        &self,
+        a: &Artifact,
+        runner_id: &str,
+    ) -> Result<(bool, Option<String>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT blob_key FROM artifacts WHERE task_id = ? AND name = ?")
+                .bind(&a.task_id)
+                .bind(&a.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let n = sqlx::query(
+            "INSERT INTO artifacts (task_id, name, attempt, size, sha256, content_type, blob_key, created_at) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM tasks \
+             WHERE id = ? AND runner_id = ? AND attempt = ? AND status IN ('assigned', 'running') \
+             ON CONFLICT (task_id, name) DO UPDATE SET attempt = excluded.attempt, size = excluded.size, \
+             sha256 = excluded.sha256, content_type = excluded.content_type, blob_key = excluded.blob_key, \
+             created_at = excluded.created_at",
+        )
+        .bind(&a.task_id)
+        .bind(&a.name)
+        .bind(a.attempt as i64)
+        .bind(a.size as i64)
+        .bind(&a.sha256)
+        .bind(&a.content_type)
+        .bind(&a.blob_key)
+        .bind(a.created_at)
+        .bind(&a.task_id)
+        .bind(runner_id)
+        .bind(a.attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        let replaced = previous.filter(|p| n == 1 && *p != a.blob_key);
+        Ok((n == 1, replaced))
+    }
+
+    pub async fn get_artifact(
+        &self,
+        task_id: &str,
+        name: &str,
+    ) -> Result<Option<Artifact>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? AND name = ?"
+        ))
+        .bind(task_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| artifact_from_row(&r)).transpose()
+    }
+
+    pub async fn list_artifacts(&self, task_id: &str) -> Result<Vec<Artifact>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? ORDER BY name"
+        ))
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -335,6 +404,22 @@ const TASK_COLUMNS: &str =
     "id, operation_code, params, status, target_runner_id, runner_id, attempt, \
      progress, stage, message, result_data, error_code, error_message, created_at, assigned_at, \
      started_at, finished_at, updated_at";
+const ARTIFACT_COLUMNS: &str =
+    "task_id, name, attempt, size, sha256, content_type, blob_key, created_at";
+
+fn artifact_from_row(r: &SqliteRow) -> Result<Artifact, StoreError> {
+    Ok(Artifact {
+        task_id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        attempt: r.try_get::<i64, _>(2)? as u32,
+        size: r.try_get::<i64, _>(3)? as u64,
+        sha256: r.try_get(4)?,
+        content_type: r.try_get(5)?,
+        blob_key: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+    })
+}
+
 const RUNNER_COLUMNS: &str = "id, name, hash, created_at, revoked_at, last_seen_at, hello";
 const KEY_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
 

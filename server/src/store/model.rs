@@ -131,6 +131,19 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
 }
 
+/// A file a runner uploaded for a task; the bytes are in the blob store under `blob_key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub task_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    pub blob_key: String,
+    pub created_at: i64,
+}
+
 /// One entry of the event log. `id` is the SSE event id; `json` is the payload sent as `data:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

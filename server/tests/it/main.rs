@@ -3,6 +3,7 @@
 
 mod common;
 
+mod artifacts;
 mod auth;
 mod crash;
 mod dispatch;
