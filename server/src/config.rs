@@ -80,6 +80,18 @@ pub struct ServeArgs {
     /// Largest artifact a runner may upload, in bytes.
     #[arg(long, env = "DAP_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30, global = true)]
     pub max_artifact_bytes: u64,
+    /// Allow webhook targets on loopback/private/link-local networks (development and tests only).
+    #[arg(long, env = "DAP_WEBHOOK_ALLOW_PRIVATE", global = true)]
+    pub webhook_allow_private: bool,
+    /// Multiplies webhook retry delays (tests); 1.0 in production.
+    #[arg(
+        long,
+        env = "DAP_WEBHOOK_RETRY_SCALE",
+        default_value_t = 1.0,
+        hide = true,
+        global = true
+    )]
+    pub webhook_retry_scale: f64,
     /// Browser origins allowed to call the API and the SSE feed (comma-separated); none by default.
     #[arg(
         long = "cors-origin",
@@ -151,6 +163,7 @@ pub struct ServeConfig {
     pub runner_grace: Duration,
     pub max_attempts: u32,
     pub max_artifact_bytes: u64,
+    pub webhooks: crate::webhooks::WebhookSettings,
     pub cors_origins: Vec<String>,
 }
 
@@ -164,6 +177,10 @@ impl ServeConfig {
             runner_grace: Duration::from_millis(serve.runner_grace_ms),
             max_attempts: serve.max_attempts,
             max_artifact_bytes: serve.max_artifact_bytes,
+            webhooks: crate::webhooks::WebhookSettings {
+                allow_private: serve.webhook_allow_private,
+                retry_scale: serve.webhook_retry_scale.clamp(0.0, 1000.0),
+            },
             cors_origins: serve.cors_origins.clone(),
         }
     }
@@ -178,6 +195,10 @@ impl ServeConfig {
             runner_grace: Duration::from_secs(30),
             max_attempts: 3,
             max_artifact_bytes: 1 << 30,
+            webhooks: crate::webhooks::WebhookSettings {
+                allow_private: false,
+                retry_scale: 1.0,
+            },
             cors_origins: Vec::new(),
         }
     }

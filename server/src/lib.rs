@@ -12,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod socket;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use dispatcher::Dispatcher;
 pub struct Settings {
     pub heartbeat: Duration,
     pub max_artifact_bytes: u64,
+    pub webhooks: webhooks::WebhookSettings,
 }
 
 /// Everything a handler can reach.
@@ -86,6 +88,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         grace_s = config.runner_grace.as_secs_f64(),
         "store open; runners holding in-flight tasks have their grace period to resume them"
     );
+    webhooks::spawn_worker(store.clone(), config.webhooks);
     let (shutdown_tx, shutdown) = watch::channel(false);
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),
@@ -97,6 +100,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         settings: Settings {
             heartbeat: config.heartbeat,
             max_artifact_bytes: config.max_artifact_bytes,
+            webhooks: config.webhooks,
         },
         shutdown,
         shutdown_tx,

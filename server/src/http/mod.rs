@@ -8,6 +8,7 @@ pub mod events;
 pub mod extract;
 pub mod runners;
 pub mod tasks;
+pub mod webhooks;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .merge(runners::router())
         .merge(events::router())
         .merge(artifacts::router())
+        .merge(webhooks::router())
         .route(dap_protocol::CONNECT_PATH, get(crate::socket::connect))
         .fallback(not_found)
 }

@@ -7,6 +7,7 @@
 //! its SQL (status, runner, attempt).
 
 pub mod model;
+pub mod webhooks;
 pub mod writer;
 
 use std::str::FromStr;
@@ -44,6 +45,32 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     writer: Writer,
+    outbox: Outbox,
+}
+
+/// The writer's view of webhook subscriptions (so it can write outbox rows in the same
+/// transaction as their events) and the doorbell it rings when it wrote some.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    subs: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vec<Subscription>>>>,
+    ready: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    pub fn subscriptions(&self) -> std::sync::Arc<Vec<Subscription>> {
+        self.subs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_subscriptions(&self, subs: Vec<Subscription>) {
+        *self.subs.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(subs);
+    }
+    /// Wakes the delivery worker.
+    pub fn notify(&self) {
+        self.ready.notify_one();
+    }
+    /// Resolves when deliveries may be waiting.
+    pub async fn notified(&self) {
+        self.ready.notified().await
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -63,8 +90,20 @@ impl Store {
             .connect_with(pool_opts.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let writer = Writer::spawn(pool_opts.get_filename(), synchronous_full(), bus)?;
-        Ok(Self { pool, writer })
+        let outbox = Outbox::default();
+        let writer = Writer::spawn(
+            pool_opts.get_filename(),
+            synchronous_full(),
+            bus,
+            outbox.clone(),
+        )?;
+        let store = Self {
+            pool,
+            writer,
+            outbox,
+        };
+        store.refresh_subscriptions().await?;
+        Ok(store)
     }
 
     /// Applies migrations only (the `migrate` subcommand).
@@ -97,6 +136,15 @@ impl Store {
 
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The connection pool, for modules that own their tables (webhooks).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {

@@ -144,6 +144,29 @@ pub struct Artifact {
     pub created_at: i64,
 }
 
+/// An enabled webhook subscription as the writer sees it: which event types produce a
+/// delivery row for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub webhook_id: String,
+    /// Event types, or `["*"]` for every type that webhooks can carry.
+    pub events: Vec<String>,
+}
+
+/// Event types a webhook may subscribe to.
+pub const WEBHOOK_EVENT_TYPES: [&str; 4] = [
+    "task.completed",
+    "task.failed",
+    "task.cancelled",
+    "runner.offline",
+];
+
+impl Subscription {
+    pub fn wants(&self, kind: &str) -> bool {
+        WEBHOOK_EVENT_TYPES.contains(&kind) && self.events.iter().any(|e| e == "*" || e == kind)
+    }
+}
+
 /// One entry of the event log. `id` is the SSE event id; `json` is the payload sent as `data:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

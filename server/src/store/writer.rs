@@ -20,7 +20,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::{now_ms, Event, NewTask, TaskStatus};
+use super::model::{now_ms, Event, NewTask, Subscription, TaskStatus};
+use super::Outbox;
 use super::StoreError;
 use crate::events::EventBus;
 
@@ -118,7 +119,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 impl Writer {
     /// Opens the database file at `path` and starts the writer thread. The thread ends when
     /// every handle is dropped.
-    pub fn spawn(path: &Path, synchronous_full: bool, bus: EventBus) -> Result<Self, StoreError> {
+    pub fn spawn(
+        path: &Path,
+        synchronous_full: bool,
+        bus: EventBus,
+        outbox: Outbox,
+    ) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -140,7 +146,7 @@ impl Writer {
         let spawn_err = |e| StoreError::Corrupt(format!("cannot start store thread: {e}"));
         std::thread::Builder::new()
             .name("dap-store-writer".into())
-            .spawn(move || run(conn, rx, bus))
+            .spawn(move || run(conn, rx, bus, outbox))
             .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("dap-store-ckpt".into())
@@ -180,7 +186,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus, outbox: Outbox) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -191,8 +197,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus) {
             }
         }
         let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
-        match apply_batch(&mut conn, &ops) {
+        let subs = outbox.subscriptions();
+        match apply_batch(&mut conn, &ops, &subs) {
             Ok((outcomes, events)) => {
+                if events.iter().any(|e| subs.iter().any(|s| s.wants(&e.kind))) {
+                    outbox.notify();
+                }
                 bus.publish_all(events);
                 for (p, o) in batch.drain(..).zip(outcomes) {
                     let _ = p.reply.send(Ok(o));
@@ -203,7 +213,8 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus) {
                 // its own transaction so one bad request does not fail its neighbours.
                 tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
                 for p in batch.drain(..) {
-                    let r = apply_batch(&mut conn, &[&p.op]).map(|(mut o, events)| {
+                    let r = apply_batch(&mut conn, &[&p.op], &subs).map(|(mut o, events)| {
+                        outbox.notify();
                         bus.publish_all(events);
                         o.remove(0)
                     });
@@ -217,12 +228,27 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus) {
 fn apply_batch(
     conn: &mut Connection,
     ops: &[&WriteOp],
+    subs: &[Subscription],
 ) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut events = Vec::new();
     for op in ops {
         outcomes.push(apply(&tx, op, &mut events)?);
+    }
+    // The outbox rows commit with the events they report (a crash cannot lose a delivery).
+    if !subs.is_empty() {
+        let now = now_ms();
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, event_id, event_type, task_id, \
+             status, attempts, next_attempt_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
+        )?;
+        for e in &events {
+            for sub in subs.iter().filter(|s| s.wants(&e.kind)) {
+                insert.execute(params![sub.webhook_id, e.id, e.kind, e.task_id, now])?;
+            }
+        }
     }
     tx.commit()?;
     Ok((outcomes, events))

@@ -14,9 +14,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_dap-server");
 
 /// Starts `dap-server serve` on port 0 and returns the child and its address.
 fn start(dir: &Path) -> (Child, std::net::SocketAddr) {
+    start_with_env(dir, &[])
+}
+
+fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .envs(env.iter().copied())
         .env("DAP_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -162,6 +167,90 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn kill_9_right_after_completion_still_delivers_the_webhook_after_restart() {
+    use crate::webhooks::Receiver;
+    let dir = temp_dir("crash-hook");
+    let key = cli(
+        &dir,
+        &["apikey", "create", "--name", "ci", "--scope", "admin"],
+    );
+    let env = [
+        ("DAP_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("DAP_WEBHOOK_RETRY_SCALE", "0.05"),
+    ];
+    // The receiver's port is chosen now but nothing listens there until after the crash, so
+    // the delivery cannot have happened before the kill.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let hook_url = format!("http://127.0.0.1:{port}/hook");
+
+    let (mut child, addr) = start_with_env(&dir, &env);
+    let base = format!("http://{addr}");
+    let (st, hook) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/webhooks"),
+        &key,
+        Some(json!({"url": hook_url, "events": ["task.completed"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let (_, v) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/runners"),
+        &key,
+        Some(json!({"name": "r"})),
+    )
+    .await;
+    let cred = v["token"].as_str().unwrap().to_owned();
+    let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
+    let (_, t) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 1})),
+    )
+    .await;
+    let task_id = t["task_id"].as_str().unwrap().to_owned();
+    let a = runner.next_assignment(5).await;
+    runner.complete(&a, json!({"row_count": 1})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = call(
+            reqwest::Method::GET,
+            format!("{base}/api/v1/tasks/{task_id}"),
+            &key,
+            None,
+        )
+        .await;
+        if v["status"] == "completed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(runner);
+
+    let (recv, _) = Receiver::start_on(Receiver::default(), &format!("127.0.0.1:{port}")).await;
+    let (mut child, _addr) = start_with_env(&dir, &env);
+    recv.wait_for(1, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = recv.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered exactly once after the restart");
+    let wh = standardwebhooks::Webhook::new(&secret).unwrap();
+    wh.verify(got[0].1.as_bytes(), &got[0].0).unwrap();
+    let body: Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(body["data"]["task_id"], task_id.as_str());
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,3 +9,4 @@ mod crash;
 mod dispatch;
 mod flow;
 mod leases;
+mod webhooks;
