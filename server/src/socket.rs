@@ -35,6 +35,13 @@ impl FromRequestParts<AppState> for RunnerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        // Browsers always send Origin on WebSocket upgrades and runners never do: refusing it
+        // keeps a web page from riding a runner token (cross-site WebSocket hijacking).
+        if parts.headers.contains_key(axum::http::header::ORIGIN) {
+            return Err(ApiError::Forbidden(
+                "runner endpoints do not accept browser requests (Origin header present)".into(),
+            ));
+        }
         let token = bearer(parts).ok_or(AuthError::Missing)?;
         let claims = s.jwt.verify(token, TokenKind::Runner)?;
         match s.store.get_runner(&claims.sub).await? {

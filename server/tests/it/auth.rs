@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::*;
 use dap_server::auth::TokenKind;
@@ -77,6 +78,19 @@ async fn socket_upgrade_refuses_every_bad_token_with_401() {
         Some(401),
         "raw credential"
     );
+
+    // A browser (Origin header) is refused even with a good token.
+    let mut req = format!("ws://{}{}", srv.addr, dap_protocol::CONNECT_PATH)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {good}").parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("browser origin accepted: {:?}", other.map(|_| ())),
+    }
 
     // The good token works; after revocation the same (unexpired) token does not.
     assert!(ws_connect(srv.addr, Some(&good)).await.is_ok());
