@@ -56,6 +56,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// The two server URLs derived from the configured base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
+    /// `http(s)://host[:port][/prefix]`, without a trailing slash (the REST API's base).
+    pub base_url: String,
     /// `http(s)://…/api/v1/runners/token`
     pub token_url: String,
     /// `ws(s)://…/api/v1/runners/connect`
@@ -98,6 +100,7 @@ impl Endpoints {
         };
         let prefix = url.path().trim_end_matches('/');
         Ok(Self {
+            base_url: format!("{}://{authority}{prefix}", url.scheme()),
             token_url: format!("{}://{authority}{prefix}{TOKEN_PATH}", url.scheme()),
             connect_url: format!("{ws_scheme}://{authority}{prefix}{CONNECT_PATH}"),
         })
@@ -289,7 +292,7 @@ pub async fn run(
 
 /// An error and its causes on one line ("error sending request: connection refused"), since
 /// the outermost message alone rarely says what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -482,6 +485,8 @@ impl Link<'_> {
             }
         };
 
+        // Uploads refused while the link is down are retried once it is back (see executor).
+        self.executor.disconnected();
         match &end {
             SessionEnd::Shutdown => {
                 self.executor.shut_down();
@@ -604,11 +609,13 @@ mod tests {
     #[test]
     fn endpoints_from_server_urls() {
         let e = Endpoints::from_server("http://127.0.0.1:8080").unwrap();
+        assert_eq!(e.base_url, "http://127.0.0.1:8080");
         assert_eq!(e.token_url, "http://127.0.0.1:8080/api/v1/runners/token");
         assert_eq!(e.connect_url, "ws://127.0.0.1:8080/api/v1/runners/connect");
         assert!(!e.needs_tls());
 
         let e = Endpoints::from_server("https://dap.example.com/base/").unwrap();
+        assert_eq!(e.base_url, "https://dap.example.com/base");
         assert_eq!(
             e.token_url,
             "https://dap.example.com/base/api/v1/runners/token"

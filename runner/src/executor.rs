@@ -1,6 +1,15 @@
 //! Runs assigned tasks: at most `slots` at once, each on a blocking thread, with throttled
 //! progress, cancellation and a typed result pushed to the [`Outbox`].
 //!
+//! An operation may leave files in its task's [`Scratch`] directory and return them as
+//! artifacts. The driver uploads them (stage "uploading") while the task still holds its slot —
+//! the server refuses uploads once it has heard the result — and then reports `completed` with
+//! the result's `artifacts` listing what the server stored. A failed upload fails the task with
+//! `artifact_upload_failed`; a `stale_attempt` refusal means the attempt was superseded, so
+//! nothing is reported (unless the link was down, in which case the upload is retried once the
+//! runner is connected again: the server only accepts uploads from connected runners). The
+//! scratch directory is removed when the task ends, however it ends.
+//!
 //! The socket loop calls [`Executor::assign`] and [`Executor::cancel`], which return at once;
 //! the work happens in a spawned task per assignment that keeps running if the connection drops
 //! (its messages wait in the outbox). The server's view of which attempt is current wins: a
@@ -18,15 +27,23 @@ use dap_protocol::{
     failure, op, Assignment, Completed, Failed, Progress, RunnerMessage, RunningTask, TaskError,
 };
 use indicatif::{MultiProgress, ProgressBar};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
+use crate::artifacts::{Scratch, UploadError, Uploaded, Uploader};
 use crate::catalog::Catalog;
+use crate::operations::Output;
 use crate::outbox::Outbox;
 use crate::progress::{ProgressReporter, ProgressThrottle, ProgressUpdate, PROGRESS_INTERVAL};
 use crate::{operations, terminal};
 
 /// A task attempt: the server may send a new attempt of the same task after requeueing it.
 type TaskKey = (String, u32);
+
+/// How many times one artifact's upload is retried after a `stale_attempt` refusal that may
+/// have been caused by the link being down.
+const MAX_STALE_RETRIES: u32 = 3;
+/// How often a task waiting on the network checks its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 /// A task executing now.
 struct RunningEntry {
@@ -48,6 +65,9 @@ struct Inner {
     slots: usize,
     catalog: Arc<Catalog>,
     outbox: Arc<Outbox>,
+    uploader: Arc<Uploader>,
+    /// True while the WebSocket is up (between `welcome` and the end of the session).
+    link_up: watch::Sender<bool>,
     /// Tasks executing now.
     running: Mutex<RunningMap>,
     /// Counts connections to the server, so a task knows whether it was assigned on this one.
@@ -63,6 +83,11 @@ struct Inner {
 impl Inner {
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Whether the link is up, and which connection it is.
+    fn link(&self) -> (bool, u64) {
+        (*self.link_up.borrow(), self.epoch())
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, RunningMap> {
@@ -124,12 +149,20 @@ impl Inner {
 
 impl Executor {
     /// `show_bars` draws a terminal progress bar per running task.
-    pub fn new(slots: u32, catalog: Arc<Catalog>, outbox: Arc<Outbox>, show_bars: bool) -> Self {
+    pub fn new(
+        slots: u32,
+        catalog: Arc<Catalog>,
+        outbox: Arc<Outbox>,
+        uploader: Arc<Uploader>,
+        show_bars: bool,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 slots: slots.max(1) as usize,
                 catalog,
                 outbox,
+                uploader,
+                link_up: watch::Sender::new(false),
                 running: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
@@ -251,6 +284,12 @@ impl Executor {
     /// A new connection was welcomed: tasks running now were assigned on an earlier one.
     pub fn connected(&self) {
         self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+        self.inner.link_up.send_replace(true);
+    }
+
+    /// The connection ended (tasks keep running; their messages wait in the outbox).
+    pub fn disconnected(&self) {
+        self.inner.link_up.send_replace(false);
     }
 
     /// Stop accepting tasks and interrupt the running ones without reporting them.
@@ -331,8 +370,13 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
     let catalog = Arc::clone(&inner.catalog);
     let code = a.operation_code;
     let params = a.params.clone();
-    let work =
-        tokio::task::spawn_blocking(move || operations::run(code, &params, &catalog, &reporter));
+    let scratch = Scratch::for_task(&a.task_id, a.attempt);
+    // The scratch directory travels with the operation and back, so it is removed whether the
+    // operation returns or panics (then it is dropped while unwinding).
+    let work = tokio::task::spawn_blocking(move || {
+        let outcome = operations::run(code, &params, &catalog, &reporter, &scratch);
+        (outcome, scratch)
+    });
 
     // The channel closes when the operation returns (or panics) and drops its reporter.
     while let Some(update) = rx.recv().await {
@@ -340,13 +384,23 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
             inner.progress(&a, u, bar.as_ref());
         }
     }
-    let outcome = match work.await {
-        Ok(outcome) => outcome,
-        Err(e) => Err(TaskError::new(
-            failure::INTERNAL,
-            format!("the operation crashed: {}", panic_message(e)),
-        )),
+    let (outcome, scratch) = match work.await {
+        Ok((outcome, scratch)) => (outcome, Some(scratch)),
+        Err(e) => (
+            Err(TaskError::new(
+                failure::INTERNAL,
+                format!("the operation crashed: {}", panic_message(e)),
+            )),
+            None,
+        ),
     };
+    // Artifacts go up while the task still holds its slot: to the server (and to the greeting
+    // after a reconnect) it is running until its result is heard.
+    let outcome = match outcome {
+        Ok(output) => ship(&inner, &a, &cancel, output, &mut throttle, bar.as_ref()).await,
+        Err(e) => Err(Unfinished::Error(e)),
+    };
+    drop(scratch);
 
     // Free the slot before reporting: once the server hears the result it may assign the next
     // task at once, and that must not be refused as over capacity.
@@ -356,6 +410,12 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
         // A newer attempt took over (see `assign`); the server refuses this one's results.
         _ if superseded => {
             tracing::info!(task_id = %a.task_id, attempt = a.attempt, "superseded attempt stopped");
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        }
+        Err(Unfinished::StaleAttempt) => {
+            tracing::info!(task_id = %a.task_id, attempt = a.attempt, "the server refused the upload as a stale attempt; not reporting");
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
@@ -370,13 +430,15 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
                 bar.finish_and_clear();
             }
         }
-        Err(e) if e.code == failure::CANCELLED && inner.shutting_down.load(Ordering::Relaxed) => {
+        Err(Unfinished::Error(e))
+            if e.code == failure::CANCELLED && inner.shutting_down.load(Ordering::Relaxed) =>
+        {
             tracing::info!(task_id = %a.task_id, "task interrupted by shutdown");
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
         }
-        Err(e) => {
+        Err(Unfinished::Error(e)) => {
             tracing::warn!(
                 task_id = %a.task_id,
                 attempt = a.attempt,
@@ -395,6 +457,107 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
     inner.task_ended.notify_waiters();
 }
 
+/// How a task ended without a result to report.
+enum Unfinished {
+    Error(TaskError),
+    /// The server refused an upload because this runner no longer holds the attempt: report
+    /// nothing, the attempt was superseded.
+    StaleAttempt,
+}
+
+/// Upload `output`'s artifacts (if any) and return the result to report, with `artifacts`
+/// listing them.
+async fn ship(
+    inner: &Inner,
+    a: &Assignment,
+    cancel: &AtomicBool,
+    output: Output,
+    throttle: &mut ProgressThrottle,
+    bar: Option<&ProgressBar>,
+) -> Result<serde_json::Value, Unfinished> {
+    let Output { result, artifacts } = output;
+    if artifacts.is_empty() {
+        return Ok(result);
+    }
+    let n = artifacts.len();
+    let mut listed: Vec<Uploaded> = Vec::with_capacity(n);
+    for (i, artifact) in artifacts.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Unfinished::Error(operations::cancelled()));
+        }
+        // 95..=98: 100 stays reserved for "finished".
+        let percent = 95 + u8::try_from(4 * i / n).unwrap_or(3);
+        let update = ProgressUpdate {
+            percent,
+            stage: Some("uploading".into()),
+            message: Some(format!("{} ({} of {n})", artifact.name, i + 1)),
+        };
+        if let Some(u) = throttle.offer(update, Instant::now()) {
+            inner.progress(a, u, bar);
+        }
+        listed.push(upload_one(inner, a, cancel, artifact).await?);
+    }
+    let listed = serde_json::to_value(&listed).unwrap_or_default();
+    Ok(match result {
+        serde_json::Value::Object(mut map) => {
+            map.insert("artifacts".into(), listed);
+            serde_json::Value::Object(map)
+        }
+        other => serde_json::json!({ "result": other, "artifacts": listed }),
+    })
+}
+
+async fn upload_one(
+    inner: &Inner,
+    a: &Assignment,
+    cancel: &AtomicBool,
+    artifact: &crate::artifacts::LocalArtifact,
+) -> Result<Uploaded, Unfinished> {
+    let mut stale_retries = 0;
+    loop {
+        let before = inner.link();
+        let upload = inner.uploader.upload(&a.task_id, a.attempt, artifact);
+        let outcome = tokio::select! {
+            r = upload => r,
+            _ = cancelled(cancel) => return Err(Unfinished::Error(operations::cancelled())),
+        };
+        match outcome {
+            Ok(u) => return Ok(u),
+            Err(UploadError::StaleAttempt) => {
+                // Refused while connected on the same link as before: really superseded. Refused
+                // while the link was down (the server then counts no attempt as ours) or across
+                // a reconnect: try again once connected — the greeting resumes the attempt, or
+                // the server cancels it, which ends the wait.
+                let (up_before, epoch_before) = before;
+                let (up_now, epoch_now) = inner.link();
+                if (up_before && up_now && epoch_before == epoch_now)
+                    || stale_retries >= MAX_STALE_RETRIES
+                {
+                    return Err(Unfinished::StaleAttempt);
+                }
+                stale_retries += 1;
+                tracing::info!(task_id = %a.task_id, attempt = a.attempt, "upload refused while disconnected; retrying once connected");
+                let mut link = inner.link_up.subscribe();
+                tokio::select! {
+                    _ = link.wait_for(|up| *up) => {}
+                    _ = cancelled(cancel) => return Err(Unfinished::Error(operations::cancelled())),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %a.task_id, attempt = a.attempt, artifact = %artifact.name, "artifact upload failed: {e}");
+                return Err(Unfinished::Error(e.to_task_error(&artifact.name)));
+            }
+        }
+    }
+}
+
+/// Completes once `flag` is set.
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
         Ok(payload) => payload
@@ -409,9 +572,13 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use crate::test_support::{
+        error_answer, stored_answer, token_answer, MockHttp, Recorded, TempDir,
+    };
     use crate::{DatasetFormat, DatasetSpec};
     use serde_json::json;
+    use sha2::Digest;
+    use std::sync::atomic::AtomicU64;
 
     fn setup(slots: u32, dir: &TempDir) -> (Executor, Arc<Outbox>) {
         let path = dir.write("s.csv", "a,b\n1,x\n2,y\n3,z\n");
@@ -422,7 +589,15 @@ mod tests {
         }])
         .unwrap();
         let outbox = Arc::new(Outbox::new(64));
-        let ex = Executor::new(slots, Arc::new(catalog), Arc::clone(&outbox), false);
+        // Nothing listens on port 9: these tasks produce no artifacts.
+        let uploader = Arc::new(Uploader::new("http://127.0.0.1:9", "t").unwrap());
+        let ex = Executor::new(
+            slots,
+            Arc::new(catalog),
+            Arc::clone(&outbox),
+            uploader,
+            false,
+        );
         (ex, outbox)
     }
 
@@ -627,5 +802,176 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(ex.running().is_empty());
+    }
+
+    /// An executor whose uploads go to `srv`, with one dataset `s`.
+    fn with_server(dir: &TempDir, srv: &MockHttp) -> (Executor, Arc<Outbox>) {
+        let (ex, outbox) = setup(1, dir);
+        let uploader = Uploader::new(&srv.url(), "dapr_cred").unwrap().with_retry(
+            crate::artifacts::RetryPolicy {
+                attempts: 2,
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(2),
+            },
+        );
+        let ex = Executor::new(
+            1,
+            Arc::clone(&ex.inner.catalog),
+            Arc::clone(&outbox),
+            Arc::new(uploader),
+            false,
+        );
+        (ex, outbox)
+    }
+
+    async fn mock(
+        upload: impl Fn(&Recorded, usize) -> (u16, serde_json::Value) + Send + Sync + 'static,
+    ) -> MockHttp {
+        let tokens = AtomicU64::new(0);
+        let uploads = std::sync::atomic::AtomicUsize::new(0);
+        MockHttp::start(move |req| {
+            token_answer(req, &tokens)
+                .unwrap_or_else(|| upload(req, uploads.fetch_add(1, Ordering::Relaxed) + 1))
+        })
+        .await
+    }
+
+    fn filter_all(id: &str) -> Assignment {
+        assignment(id, op::FILTER, json!({"dataset": "s", "preview_limit": 1}))
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_uploaded_before_completed_and_listed_in_the_result() {
+        let dir = TempDir::new();
+        let srv = mock(|req, _| stored_answer(req)).await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        ex.connected();
+        ex.assign(filter_all("art-ok"));
+        let msgs = terminals(&outbox, 1).await;
+        let puts = srv.uploads();
+        assert_eq!(puts.len(), 1);
+        assert_eq!(
+            puts[0].target,
+            "/api/v1/tasks/art-ok/artifacts/output.csv?attempt=1"
+        );
+        let body = "a,b\n1,x\n2,y\n3,z\n";
+        assert_eq!(String::from_utf8_lossy(&puts[0].body), body);
+        let sha = crate::artifacts::hex(&sha2::Sha256::digest(body.as_bytes()));
+        match msgs.last() {
+            Some(RunnerMessage::Completed(c)) => {
+                assert_eq!(c.result_data["rows"], json!([[1, "x"]]));
+                assert_eq!(c.result_data["truncated"], true);
+                assert_eq!(
+                    c.result_data["artifacts"],
+                    json!([{"name": "output.csv", "size": body.len(), "sha256": sha,
+                            "content_type": "text/csv"}])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            msgs.iter().any(
+                |m| matches!(m, RunnerMessage::Progress(p) if p.stage.as_deref() == Some("uploading"))
+            ),
+            "{msgs:?}"
+        );
+        assert!(!Scratch::for_task("art-ok", 1).dir().exists());
+        assert!(ex.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_attempt_refusal_reports_nothing() {
+        let dir = TempDir::new();
+        let srv = mock(|_, _| error_answer(409, "stale_attempt")).await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        ex.connected();
+        ex.assign(filter_all("art-stale"));
+        assert!(ex.wait_idle(Duration::from_secs(10)).await);
+        // Let any message the driver might still push land.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(srv.uploads().len(), 1, "not retried while connected");
+        let snapshot = outbox.snapshot();
+        assert!(
+            !snapshot
+                .iter()
+                .any(|m| matches!(m, RunnerMessage::Completed(_) | RunnerMessage::Failed(_))),
+            "{snapshot:?}"
+        );
+        assert!(!Scratch::for_task("art-stale", 1).dir().exists());
+    }
+
+    #[tokio::test]
+    async fn a_stale_refusal_while_disconnected_is_retried_after_reconnecting() {
+        let dir = TempDir::new();
+        let srv = mock(|req, n| {
+            if n == 1 {
+                error_answer(409, "stale_attempt")
+            } else {
+                stored_answer(req)
+            }
+        })
+        .await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        // Never connected: the link is down.
+        ex.assign(filter_all("art-down"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while srv.uploads().is_empty() {
+            assert!(Instant::now() < deadline, "no upload tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ex.running().len(), 1, "still holds its slot while waiting");
+        ex.connected();
+        let msgs = terminals(&outbox, 1).await;
+        assert!(
+            matches!(msgs.last(), Some(RunnerMessage::Completed(c)) if c.result_data["artifacts"][0]["name"] == "output.csv"),
+            "{msgs:?}"
+        );
+        assert_eq!(srv.uploads().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_fails_the_task_without_paths() {
+        let dir = TempDir::new();
+        let srv = mock(|_, _| error_answer(413, "artifact_too_large")).await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        ex.connected();
+        ex.assign(filter_all("art-big"));
+        let msgs = terminals(&outbox, 1).await;
+        match msgs.last() {
+            Some(RunnerMessage::Failed(f)) => {
+                assert_eq!(f.error.code, crate::artifacts::UPLOAD_FAILED);
+                assert!(f.error.message.contains("too large"), "{}", f.error.message);
+                let tmp = std::env::temp_dir();
+                assert!(
+                    !f.error.message.contains(tmp.to_str().unwrap()),
+                    "{}",
+                    f.error.message
+                );
+                assert!(!f.error.message.contains("jwt-"), "{}", f.error.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!Scratch::for_task("art-big", 1).dir().exists());
+    }
+
+    #[tokio::test]
+    async fn a_cancel_during_the_upload_wait_fails_with_cancelled() {
+        let dir = TempDir::new();
+        let srv = mock(|_, _| error_answer(409, "stale_attempt")).await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        // Link down: the refused upload waits for a reconnect; a cancel ends the wait.
+        ex.assign(filter_all("art-cancel"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while srv.uploads().is_empty() {
+            assert!(Instant::now() < deadline, "no upload tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ex.cancel("art-cancel", 1);
+        let msgs = terminals(&outbox, 1).await;
+        assert!(
+            matches!(msgs.last(), Some(RunnerMessage::Failed(f)) if f.error.code == failure::CANCELLED),
+            "{msgs:?}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! [`operations`]). It installs no global state — no tracing subscriber, no signal handler — so
 //! tests can start a runner in-process and stop it through the `shutdown` future.
 
+pub mod artifacts;
 pub mod catalog;
 pub mod config;
 pub mod connection;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 pub use dap_protocol::DatasetFormat;
 
+use crate::artifacts::Uploader;
 use crate::catalog::{Catalog, CatalogError};
 use crate::executor::Executor;
 use crate::outbox::Outbox;
@@ -153,10 +155,12 @@ pub async fn run(
     }
 
     let outbox = Arc::new(Outbox::new(outbox::DEFAULT_CAPACITY));
+    let uploader = Uploader::new(&config.server, &config.token).map_err(RunnerError::Config)?;
     let executor = Executor::new(
         config.slots,
         Arc::clone(&catalog),
         Arc::clone(&outbox),
+        Arc::new(uploader),
         config.show_progress_bars,
     );
     let result = connection::run(&config, &catalog, &executor, &outbox, shutdown).await;

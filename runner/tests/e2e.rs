@@ -1,6 +1,6 @@
 //! The real runner against the real server, both in-process, over a real socket: operation 100
 //! on a CSV file end to end, progress seen on the server, reconnect after a server restart,
-//! and a revoked runner stopping for good.
+//! operation 200 shipping its full output as an artifact, and a revoked runner stopping for good.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -352,6 +352,121 @@ async fn revoked_runner_stops_with_an_error() {
         .expect("runner stops")
         .unwrap();
     assert!(matches!(r, Err(RunnerError::Revoked)), "{r:?}");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn filter_uploads_its_full_output_as_a_csv_artifact() {
+    use sha2::{Digest, Sha256};
+
+    let dir = temp_dir("artifact");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+        let _ = runner_stopped.await;
+    }));
+    wait_runner_online(&srv, &key).await;
+
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 200,
+            "params": {"dataset": "people",
+                       "where": {"column": "age", "op": "ge", "value": 40},
+                       "select": ["id", "name", "age", "score"],
+                       "sort": [{"column": "score", "descending": true}],
+                       "preview_limit": 5}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // The same rows, computed from how `write_csv` generated the file: age = 20 + i % 40,
+    // empty when i % 50 == 7; score = 3i + 0.5 (distinct, so the order is total).
+    let mut expected: Vec<(u32, u32, f64)> = (0..250u32)
+        .filter(|i| i % 50 != 7)
+        .map(|i| (i, 20 + i % 40, f64::from(i * 3) + 0.5))
+        .filter(|(_, age, _)| *age >= 40)
+        .collect();
+    expected.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap());
+    assert!(expected.len() > 5);
+
+    let (st, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{res}");
+    let rd = &res["result_data"];
+    assert_eq!(rd["row_count"], expected.len());
+    assert_eq!(rd["truncated"], true);
+    assert_eq!(
+        rd["rows"].as_array().unwrap().len(),
+        5,
+        "inline is only the preview"
+    );
+    assert_eq!(rd["rows"][0][0], expected[0].0);
+
+    let artifacts = res["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{res}");
+    let a = &artifacts[0];
+    assert_eq!(a["name"], "output.csv");
+    assert_eq!(a["content_type"], "text/csv");
+    assert_eq!(a["attempt"], 1);
+    // The runner's own listing in the result agrees with the server's.
+    assert_eq!(rd["artifacts"][0]["size"], a["size"]);
+    assert_eq!(rd["artifacts"][0]["sha256"], a["sha256"]);
+
+    let resp = reqwest::Client::new()
+        .get(srv.url(&format!("/api/v1/tasks/{id}/artifacts/output.csv")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(a["size"], body.len());
+    let sha: String = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(a["sha256"], sha.as_str());
+
+    let text = String::from_utf8(body).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,name,age,score"));
+    let got: Vec<&str> = lines.collect();
+    assert_eq!(got.len(), expected.len());
+    for (line, (i, age, score)) in got.iter().zip(&expected) {
+        assert_eq!(*line, format!("{i},person {i},{age},{score}"), "row {i}");
+    }
+
+    let _ = stop_runner.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

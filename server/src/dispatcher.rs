@@ -376,6 +376,19 @@ impl Dispatcher {
             .is_some_and(|r| r.running.get(task_id) == Some(&attempt))
     }
 
+    /// True if `runner_id` holds `task_id` at `attempt`, connected or within its grace period
+    /// (uploads travel over HTTP and may arrive while the socket is reconnecting).
+    pub fn leases(&self, runner_id: &str, task_id: &str, attempt: u32) -> bool {
+        let st = self.lock();
+        st.runners
+            .get(runner_id)
+            .is_some_and(|r| r.running.get(task_id) == Some(&attempt))
+            || st
+                .lingering
+                .get(runner_id)
+                .is_some_and(|l| l.running.get(task_id) == Some(&attempt))
+    }
+
     /// Asks the runner to stop a task.
     pub fn cancel_on_runner(&self, runner_id: &str, task_id: &str, attempt: u32) {
         if let Some(r) = self.lock().runners.get(runner_id) {

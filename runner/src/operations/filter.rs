@@ -23,25 +23,30 @@
 //!   counts rows; `sum` of a group with no values is 0, `mean`/`min`/`max`/`median` are null, and
 //!   `std` (sample, ddof = 1) is null for fewer than two values.
 //!
-//! It does not join, compute new columns, or read anything but the named dataset. Only the
-//! output's row count and a preview (its first `preview_limit` rows) travel back inline: shipping
-//! the complete output needs the server's artifact store, which this version does not have yet.
+//! It does not join, compute new columns, or read anything but the named dataset. The complete
+//! output (every row, after `limit`) is written to `output.csv` in the task's scratch directory
+//! (polars' CSV writer: a header line, nulls as empty fields) and shipped as an artifact; only
+//! its row count and a preview (the first `preview_limit` rows) travel back inline.
 //!
 //! Params: `dataset` (required), `where` (a predicate `{column, op, value}` or a group
 //! `{"all": […]}` / `{"any": […]}`, nestable), `select` (column names), `sort` (column names or
 //! `{column, descending}`), `group_by` (`{by: [columns], aggregations: [{column, fn, as}]}`),
 //! `limit` (max output rows), `preview_limit` (0–10000, default 100).
-//! Result: `{dataset, row_count, input_row_count, schema, columns, rows, truncated}`.
+//! Result: `{dataset, row_count, input_row_count, schema, columns, rows, truncated}`, plus the
+//! artifact `output.csv` (`text/csv`), which the executor lists under `artifacts`.
 
 use dap_protocol::TaskError;
 use polars::prelude::*;
 use serde_json::{json, Value};
 
 use super::params::{invalid, shorten_json, Params};
-use super::{check_cancelled, values};
+use super::{check_cancelled, values, Output};
+use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::{columns_of, count_rows, Catalog};
 use crate::progress::ProgressReporter;
 
+/// Name of the artifact holding the complete output.
+pub const OUTPUT_ARTIFACT: &str = "output.csv";
 pub const DEFAULT_PREVIEW_LIMIT: u64 = 100;
 pub const MAX_PREVIEW_LIMIT: u64 = 10_000;
 /// Most predicates one `where` may hold (together they become one polars expression).
@@ -878,12 +883,31 @@ fn names(columns: &[String]) -> Vec<Expr> {
     columns.iter().map(|c| col(c.as_str())).collect()
 }
 
-/// Run a filter. Blocking.
+/// Write `df` as CSV (with a header) to `path`. The error names no path.
+fn write_csv(df: &mut DataFrame, path: &std::path::Path) -> Result<(), TaskError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        TaskError::new(
+            dap_protocol::failure::INTERNAL,
+            format!("writing {OUTPUT_ARTIFACT} failed: {e}"),
+        )
+    };
+    let file = std::fs::File::create(path).map_err(|e| failed(&e))?;
+    let mut out = std::io::BufWriter::new(file);
+    CsvWriter::new(&mut out)
+        .include_header(true)
+        .finish(df)
+        .map_err(|e| failed(&e))?;
+    use std::io::Write as _;
+    out.flush().map_err(|e| failed(&e))
+}
+
+/// Run a filter; the complete output goes to [`OUTPUT_ARTIFACT`] in `scratch`. Blocking.
 pub fn run(
     params: &Value,
     catalog: &Catalog,
     progress: &ProgressReporter,
-) -> Result<Value, TaskError> {
+    scratch: &Scratch,
+) -> Result<Output, TaskError> {
     let p = FilterParams::parse(params)?;
     let dataset = catalog.resolve(&p.dataset)?;
     let failed = |e: PolarsError| dataset.data_error(&e);
@@ -944,7 +968,16 @@ pub fn run(
         // limit ≤ IdxSize::MAX, checked when parsing.
         out = out.limit(limit as IdxSize);
     }
-    let out = out.collect().map_err(failed)?;
+    let mut out = out.collect().map_err(failed)?;
+    check_cancelled(progress)?;
+
+    progress.report_with_message(
+        80,
+        "writing output",
+        format!("{} rows to {OUTPUT_ARTIFACT}", out.height()),
+    );
+    let path = scratch.path_for(OUTPUT_ARTIFACT)?;
+    write_csv(&mut out, &path)?;
     check_cancelled(progress)?;
 
     progress.report(90, "preparing preview");
@@ -958,7 +991,7 @@ pub fn run(
         .map(|n| n.to_string())
         .collect();
 
-    Ok(json!({
+    let result = json!({
         "dataset": dataset.name(),
         "row_count": row_count,
         "input_row_count": input_row_count,
@@ -966,7 +999,15 @@ pub fn run(
         "columns": columns,
         "rows": rows,
         "truncated": preview.height() < row_count,
-    }))
+    });
+    Ok(Output {
+        result,
+        artifacts: vec![LocalArtifact {
+            name: OUTPUT_ARTIFACT.to_owned(),
+            path,
+            content_type: "text/csv".to_owned(),
+        }],
+    })
 }
 
 #[cfg(test)]
@@ -1154,7 +1195,32 @@ mod tests {
     }
 
     fn filter(cat: &Catalog, params: Value) -> Result<Value, TaskError> {
-        run(&params, cat, &ProgressReporter::discard())
+        let dir = TempDir::new();
+        run(
+            &params,
+            cat,
+            &ProgressReporter::discard(),
+            &Scratch::at(dir.path().join("scratch")),
+        )
+        .map(|out| out.result)
+    }
+
+    /// The result and the text of `output.csv`.
+    fn filter_csv(cat: &Catalog, params: Value) -> (Value, String) {
+        let dir = TempDir::new();
+        let scratch = Scratch::at(dir.path().join("scratch"));
+        let out = run(&params, cat, &ProgressReporter::discard(), &scratch).unwrap();
+        assert_eq!(out.artifacts.len(), 1);
+        let a = &out.artifacts[0];
+        assert_eq!(
+            (a.name.as_str(), a.content_type.as_str()),
+            (OUTPUT_ARTIFACT, "text/csv")
+        );
+        assert!(a.path.starts_with(scratch.dir()), "{a:?}");
+        let text = std::fs::read_to_string(&a.path).unwrap();
+        drop(scratch);
+        assert!(!a.path.exists(), "scratch removed on drop");
+        (out.result, text)
     }
 
     fn ids_of(result: &Value) -> Vec<i64> {
@@ -1655,6 +1721,95 @@ mod tests {
         }
     }
 
+    /// `output.csv` holds every output row (not just the preview), exactly as a plain-Rust
+    /// reading of the test data predicts: header, nulls as empty fields, floats with a point.
+    #[test]
+    fn output_csv_holds_the_full_output() {
+        let dir = TempDir::new();
+        let cat = catalog(&dir);
+        let (result, text) = filter_csv(
+            &cat,
+            json!({"dataset": "t",
+                   "where": {"column": "units", "op": "ge", "value": 2},
+                   "select": ["id", "region", "product", "price", "paid", "note"],
+                   "sort": [{"column": "price", "descending": true}],
+                   "preview_limit": 2}),
+        );
+        let mut kept: Vec<Row> = ROWS
+            .iter()
+            .filter(|r| r.units.is_some_and(|u| u >= 2))
+            .copied()
+            .collect();
+        // Stable, descending, nulls last.
+        kept.sort_by(|a, b| match (a.price, b.price) {
+            (Some(x), Some(y)) => y.partial_cmp(&x).unwrap(),
+            (Some(_), None) => CmpOrdering::Less,
+            (None, Some(_)) => CmpOrdering::Greater,
+            (None, None) => CmpOrdering::Equal,
+        });
+        let mut expected = String::from("id,region,product,price,paid,note\n");
+        for r in &kept {
+            writeln!(
+                expected,
+                "{},{},{},{},{},{}",
+                r.id,
+                r.region,
+                cell(r.product),
+                cell(r.price.map(|p| format!("{p:?}"))),
+                cell(r.paid),
+                cell(r.note)
+            )
+            .unwrap();
+        }
+        assert!(kept.len() > 2);
+        assert_eq!(text, expected);
+        // The inline part is still only the preview.
+        assert_eq!(result["row_count"], kept.len());
+        assert_eq!(result["truncated"], true);
+        assert_eq!(
+            ids_of(&result),
+            kept.iter().take(2).map(|r| r.id).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn output_csv_after_group_by_and_limit() {
+        let dir = TempDir::new();
+        let cat = catalog(&dir);
+        let (_, text) = filter_csv(
+            &cat,
+            json!({"dataset": "t",
+                   "group_by": {"by": ["region"], "aggregations": [
+                       {"fn": "count"}, {"column": "units", "fn": "sum"}]},
+                   "preview_limit": 0}),
+        );
+        let mut groups: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
+        for r in ROWS {
+            let g = groups.entry(r.region).or_default();
+            g.0 += 1;
+            g.1 += r.units.unwrap_or(0);
+        }
+        let mut expected = String::from("region,count,units_sum\n");
+        for (region, (count, units)) in &groups {
+            writeln!(expected, "{region},{count},{units}").unwrap();
+        }
+        assert_eq!(text, expected);
+
+        // `limit` caps the file too; an empty output is just the header.
+        let (r, text) = filter_csv(
+            &cat,
+            json!({"dataset": "t", "select": ["id"], "limit": 3, "preview_limit": 1}),
+        );
+        assert_eq!(text, "id\n1\n2\n3\n");
+        assert_eq!(r["truncated"], true);
+        let (_, text) = filter_csv(
+            &cat,
+            json!({"dataset": "t", "select": ["id"],
+                   "where": {"column": "id", "op": "gt", "value": 1000}}),
+        );
+        assert_eq!(text, "id\n");
+    }
+
     #[test]
     fn limit_and_preview() {
         let dir = TempDir::new();
@@ -2123,7 +2278,8 @@ mod tests {
         });
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressUpdate>();
         let reporter = ProgressReporter::new(tx, Arc::new(AtomicBool::new(false)));
-        run(&params, &cat, &reporter).unwrap();
+        let scratch = Scratch::at(dir.path().join("scratch"));
+        run(&params, &cat, &reporter, &scratch).unwrap();
         let mut seen = Vec::new();
         while let Ok(u) = rx.try_recv() {
             seen.push(u);
@@ -2137,6 +2293,7 @@ mod tests {
             "counting rows",
             "filtering",
             "aggregating",
+            "writing output",
             "preparing preview",
         ] {
             assert!(stages.contains(&stage), "{stages:?}");
@@ -2153,7 +2310,7 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
         );
         cancelled.cancel_flag().store(true, Ordering::Relaxed);
-        let e = run(&params, &cat, &cancelled).unwrap_err();
+        let e = run(&params, &cat, &cancelled, &scratch).unwrap_err();
         assert_eq!(e.code, failure::CANCELLED);
     }
 

@@ -1,9 +1,11 @@
 //! The analysis operations a runner executes, dispatched by operation code.
 //!
-//! Operations are plain synchronous functions over the [`Catalog`]: they get the task's params
-//! and a [`ProgressReporter`], and return the result JSON or a typed [`TaskError`]. They know
-//! nothing of WebSockets, tokio or the outbox (the [`crate::executor`] runs them on a blocking
-//! thread and ships what they report), and they never open a file except through the catalog.
+//! Operations are plain synchronous functions over the [`Catalog`]: they get the task's params,
+//! a [`ProgressReporter`] and the task's [`Scratch`] directory, and return an [`Output`] (the
+//! result JSON plus any files to ship as artifacts) or a typed [`TaskError`]. They know nothing
+//! of WebSockets, HTTP, tokio or the outbox (the [`crate::executor`] runs them on a blocking
+//! thread, uploads their artifacts and ships what they report); they read data only through the
+//! catalog and write files only into the scratch directory.
 
 pub mod fetch;
 pub mod filter;
@@ -13,23 +15,45 @@ pub mod values;
 use dap_protocol::{failure, op, TaskError};
 use serde_json::{json, Value};
 
+use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::Catalog;
 use crate::progress::ProgressReporter;
+
+/// What an operation produced: the result JSON (sent inline with `completed`) and files to
+/// upload first. The executor adds `"artifacts": [{name, size, sha256, content_type}]` to the
+/// result once they are on the server.
+#[derive(Debug)]
+pub struct Output {
+    pub result: Value,
+    pub artifacts: Vec<LocalArtifact>,
+}
+
+impl Output {
+    /// A result with no artifacts.
+    pub fn inline(result: Value) -> Self {
+        Self {
+            result,
+            artifacts: Vec::new(),
+        }
+    }
+}
 
 /// Operation codes this runner version really implements (advertised in the greeting).
 pub const SUPPORTED: [u16; 3] = [op::NOOP, op::FETCH, op::FILTER];
 
-/// Run operation `code` with `params`. Blocking: call it from a blocking thread.
+/// Run operation `code` with `params`; files it writes go into `scratch`. Blocking: call it
+/// from a blocking thread.
 pub fn run(
     code: u16,
     params: &Value,
     catalog: &Catalog,
     progress: &ProgressReporter,
-) -> Result<Value, TaskError> {
+    scratch: &Scratch,
+) -> Result<Output, TaskError> {
     match code {
-        op::NOOP => Ok(noop()),
-        op::FETCH => fetch::run(params, catalog, progress),
-        op::FILTER => filter::run(params, catalog, progress),
+        op::NOOP => Ok(Output::inline(noop())),
+        op::FETCH => fetch::run(params, catalog, progress).map(Output::inline),
+        op::FILTER => filter::run(params, catalog, progress, scratch),
         // Known to the platform but not built yet: say so plainly rather than fake a result.
         op::MODEL | op::EXPORT => Err(TaskError::new(
             failure::UNSUPPORTED_OPERATION,
@@ -68,26 +92,42 @@ pub fn check_cancelled(progress: &ProgressReporter) -> Result<(), TaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::TempDir;
+
+    fn scratch(dir: &TempDir) -> Scratch {
+        Scratch::at(dir.path().join("scratch"))
+    }
 
     #[test]
     fn unimplemented_operations_are_unsupported() {
         let cat = Catalog::default();
         let p = ProgressReporter::discard();
+        let dir = TempDir::new();
+        let s = scratch(&dir);
         for code in [op::MODEL, op::EXPORT] {
-            let e = run(code, &json!({"dataset": "x"}), &cat, &p).unwrap_err();
+            let e = run(code, &json!({"dataset": "x"}), &cat, &p, &s).unwrap_err();
             assert_eq!(e.code, failure::UNSUPPORTED_OPERATION, "{code}");
             assert!(e.message.contains("not implemented"), "{}", e.message);
             assert!(e.message.contains(&code.to_string()), "{}", e.message);
         }
-        let e = run(150, &json!({}), &cat, &p).unwrap_err();
+        let e = run(150, &json!({}), &cat, &p, &s).unwrap_err();
         assert_eq!(e.code, failure::UNSUPPORTED_OPERATION);
     }
 
     #[test]
     fn noop_completes_at_once() {
         let cat = Catalog::default();
-        let v = run(op::NOOP, &Value::Null, &cat, &ProgressReporter::discard()).unwrap();
-        assert_eq!(v, json!({"noop": true}));
+        let dir = TempDir::new();
+        let out = run(
+            op::NOOP,
+            &Value::Null,
+            &cat,
+            &ProgressReporter::discard(),
+            &scratch(&dir),
+        )
+        .unwrap();
+        assert_eq!(out.result, json!({"noop": true}));
+        assert!(out.artifacts.is_empty());
     }
 
     #[test]
@@ -103,6 +143,7 @@ mod tests {
             &json!({"dataset": "x"}),
             &Catalog::default(),
             &ProgressReporter::discard(),
+            &scratch(&TempDir::new()),
         )
         .unwrap_err();
         assert_eq!(e.code, failure::UNKNOWN_DATASET, "{e:?}");

@@ -94,7 +94,7 @@ async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     validate_name(&name)?;
-    if !s.dispatcher.holds(&runner_id, &task_id, q.attempt) {
+    if !s.dispatcher.leases(&runner_id, &task_id, q.attempt) {
         return Err(ApiError::conflict(
             "stale_attempt",
             format!(

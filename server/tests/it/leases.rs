@@ -53,6 +53,27 @@ async fn a_runner_that_reconnects_within_grace_resumes_its_task() {
         .await;
     assert_eq!(runner["state"], "offline");
 
+    // Uploads travel over HTTP and are accepted while the socket is down (the lease holds).
+    let jwt = runner_jwt(&srv.url(""), &cred).await.unwrap();
+    let body = b"a,b\n1,2\n".to_vec();
+    let sum: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let resp = srv
+        .http
+        .put(srv.url(&format!("/api/v1/tasks/{id}/artifacts/out.csv?attempt=1")))
+        .bearer_auth(&jwt)
+        .header("x-dap-sha256", sum)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
     // It comes back listing the task: no new assignment, the slot is still taken by it.
     let mut r = ProtoRunner::connect_with(srv.addr, &cred, 1, &[], running(&a)).await;
     assert!(r.next(1).await.is_none(), "nothing is pushed again");
