@@ -29,3 +29,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== web widget (unit tests + headless Chromium against a real server and runner)"
+bash scripts/test-widget.sh
