@@ -673,7 +673,8 @@ mod tests {
         let dir = TempDir::new();
         let (ex, outbox) = setup(1, &dir);
         ex.assign(assignment("n", op::NOOP, serde_json::Value::Null));
-        ex.assign(assignment("m", op::MODEL, json!({})));
+        // An operation code this runner does not know.
+        ex.assign(assignment("m", 150, json!({})));
         let msgs = terminals(&outbox, 2).await;
         assert!(
             matches!(&msgs[0], RunnerMessage::Completed(c) if c.result_data == json!({"noop": true}))

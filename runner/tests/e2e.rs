@@ -1,6 +1,7 @@
 //! The real runner against the real server, both in-process, over a real socket: operation 100
 //! on a CSV file end to end, progress seen on the server, reconnect after a server restart,
-//! operation 200 shipping its full output as an artifact, and a revoked runner stopping for good.
+//! operation 200 shipping its full output as an artifact, operation 400 exporting an HTML report
+//! that is downloaded again, and a revoked runner stopping for good.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -467,6 +468,187 @@ async fn filter_uploads_its_full_output_as_a_csv_artifact() {
         .unwrap()
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn export_html_report_end_to_end() {
+    let dir = temp_dir("export");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+        let _ = runner_stopped.await;
+    }));
+    let listed = wait_runner_online(&srv, &key).await;
+    assert!(
+        listed["operations"]
+            .as_array()
+            .is_some_and(|ops| ops.contains(&json!(400))),
+        "{listed}"
+    );
+
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 400,
+            "params": {"dataset": "people", "format": "html", "title": "People aged 50+",
+                       "where": {"column": "age", "op": "ge", "value": 50},
+                       "preview_rows": 5}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // From how `write_csv` generated the file: age = 20 + i % 40, empty when i % 50 == 7.
+    let ages: Vec<u32> = (0..250u32)
+        .filter(|i| i % 50 != 7)
+        .map(|i| 20 + i % 40)
+        .filter(|age| *age >= 50)
+        .collect();
+    let mean = f64::from(ages.iter().sum::<u32>()) / ages.len() as f64;
+
+    let (st, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{res}");
+    let rd = &res["result_data"];
+    assert_eq!(rd["format"], "html");
+    assert_eq!(rd["artifact"], "report.html");
+    assert_eq!(rd["row_count"], ages.len());
+    let age = &rd["summary"][2];
+    assert_eq!(age["column"], "age");
+    assert_eq!(age["count"], ages.len());
+    assert!((age["mean"].as_f64().unwrap() - mean).abs() < 1e-9, "{age}");
+    assert_eq!(age["min"], 50.0);
+    assert_eq!(age["max"], 59.0);
+    let artifacts = res["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{res}");
+    assert_eq!(artifacts[0]["name"], "report.html");
+    assert_eq!(artifacts[0]["content_type"], "text/html; charset=utf-8");
+
+    let resp = reqwest::Client::new()
+        .get(srv.url(&format!("/api/v1/tasks/{id}/artifacts/report.html")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert_eq!(artifacts[0]["size"], html.len());
+    assert!(html.contains("<title>People aged 50+</title>"));
+    for c in ["id", "name", "age", "score"] {
+        assert!(html.contains(&format!("<th>{c}</th>")), "{c}");
+    }
+    assert!(html.contains(&format!("{} rows × 4 columns", ages.len())));
+    assert!(html.contains("<svg"), "no chart");
+    assert!(html.contains("class=\"preview\""), "no preview table");
+    // The first matching row is i = 30 (age 50); only the first five rows are shown.
+    assert!(html.contains("<td>person 30</td>"));
+    assert_eq!(html.matches("<tr><td").count(), 5);
+    assert!(!html.contains("http://") && !html.contains("https://"));
+
+    let _ = stop_runner.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn linear_regression_end_to_end_recovers_the_generating_line() {
+    let dir = temp_dir("model");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+        let _ = runner_stopped.await;
+    }));
+    wait_runner_online(&srv, &key).await;
+
+    // `write_csv` makes score = 3·id + 0.5 exactly, so the fit must recover it.
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({
+            "operation_code": 300,
+            "params": {"dataset": "people", "model": "linear_regression",
+                       "features": ["id"], "target": "score", "test_fraction": 0.2, "seed": 7}
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    let rd = &res["result_data"];
+    assert_eq!(
+        rd["n_train"].as_u64().unwrap() + rd["n_test"].as_u64().unwrap(),
+        250
+    );
+    let text = rd["parameters"].to_string();
+    assert!(
+        text.contains("coefficients") || text.contains("coefficient"),
+        "{rd}"
+    );
+    let r2 = rd["metrics"]["r2"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{rd}"));
+    assert!(r2 > 0.999_999, "{rd}");
+    let rmse = rd["metrics"]["rmse"].as_f64().unwrap();
+    assert!(rmse < 1e-6, "{rd}");
+    // Predictions travel as an artifact.
+    assert!(res["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["name"] == "predictions.csv"));
+
+    let _ = stop_runner.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

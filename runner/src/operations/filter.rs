@@ -821,6 +821,57 @@ impl Plan {
             limit: p.limit,
         })
     }
+
+    /// The `where` step over the scan, keeping only the columns later steps need.
+    fn matching(&self, scan: LazyFrame) -> LazyFrame {
+        let mut matching = scan;
+        if let Some(predicate) = &self.predicate {
+            matching = matching.filter(predicate.clone());
+        }
+        matching.select(names(&self.scanned))
+    }
+
+    /// The steps after `where`: group_by → select → sort → limit.
+    fn shape(self, matching: LazyFrame) -> LazyFrame {
+        let mut out = matching;
+        if let Some((keys, aggs)) = self.group_by {
+            let ascending = vec![false; keys.len()];
+            out = out
+                .group_by(names(&keys))
+                .agg(aggs)
+                .sort_by_exprs(names(&keys), sort_options(ascending));
+        }
+        // Sorting before projecting gives what sorting the selected columns would, and also lets
+        // a sort key be a column that is not selected.
+        if !self.sort.is_empty() {
+            let by: Vec<String> = self.sort.iter().map(|k| k.column.clone()).collect();
+            let descending = self.sort.iter().map(|k| k.descending).collect();
+            out = out.sort_by_exprs(names(&by), sort_options(descending));
+        }
+        if let Some(select) = &self.select {
+            out = out.select(names(select));
+        }
+        if let Some(limit) = self.limit {
+            // limit ≤ IdxSize::MAX, checked when parsing.
+            out = out.limit(limit as IdxSize);
+        }
+        out
+    }
+}
+
+/// The whole filter (`where` → `group_by` → `select` → `sort` → `limit`) over `scan` as one
+/// lazy query, every name, operator and value checked against `schema` first. For operations
+/// that work on a filtered dataset (export); [`run`] runs the same steps in two parts so it can
+/// report how many rows matched in between.
+pub fn query(
+    p: &FilterParams,
+    scan: LazyFrame,
+    schema: &Schema,
+    dataset: &str,
+) -> Result<LazyFrame, TaskError> {
+    let plan = Plan::new(p, schema, dataset)?;
+    let matching = plan.matching(scan);
+    Ok(plan.shape(matching))
 }
 
 /// `names` without repeats, first occurrence kept.
@@ -923,14 +974,7 @@ pub fn run(
     check_cancelled(progress)?;
 
     progress.report(20, "filtering");
-    let mut matching = scan;
-    if let Some(predicate) = plan.predicate {
-        matching = matching.filter(predicate);
-    }
-    let matching = matching
-        .select(names(&plan.scanned))
-        .collect()
-        .map_err(failed)?;
+    let matching = plan.matching(scan).collect().map_err(failed)?;
     check_cancelled(progress)?;
     progress.report_with_message(
         60,
@@ -946,29 +990,7 @@ pub fn run(
         "selecting"
     };
     progress.report(70, stage);
-    let mut out = matching.lazy();
-    if let Some((keys, aggs)) = plan.group_by {
-        let ascending = vec![false; keys.len()];
-        out = out
-            .group_by(names(&keys))
-            .agg(aggs)
-            .sort_by_exprs(names(&keys), sort_options(ascending));
-    }
-    // Sorting before projecting gives what sorting the selected columns would, and also lets a
-    // sort key be a column that is not selected.
-    if !plan.sort.is_empty() {
-        let by: Vec<String> = plan.sort.iter().map(|k| k.column.clone()).collect();
-        let descending = plan.sort.iter().map(|k| k.descending).collect();
-        out = out.sort_by_exprs(names(&by), sort_options(descending));
-    }
-    if let Some(select) = &plan.select {
-        out = out.select(names(select));
-    }
-    if let Some(limit) = plan.limit {
-        // limit ≤ IdxSize::MAX, checked when parsing.
-        out = out.limit(limit as IdxSize);
-    }
-    let mut out = out.collect().map_err(failed)?;
+    let mut out = plan.shape(matching.lazy()).collect().map_err(failed)?;
     check_cancelled(progress)?;
 
     progress.report_with_message(

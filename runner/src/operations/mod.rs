@@ -7,8 +7,10 @@
 //! thread, uploads their artifacts and ships what they report); they read data only through the
 //! catalog and write files only into the scratch directory.
 
+pub mod export;
 pub mod fetch;
 pub mod filter;
+pub mod model;
 pub mod params;
 pub mod values;
 
@@ -39,7 +41,7 @@ impl Output {
 }
 
 /// Operation codes this runner version really implements (advertised in the greeting).
-pub const SUPPORTED: [u16; 3] = [op::NOOP, op::FETCH, op::FILTER];
+pub const SUPPORTED: [u16; 5] = [op::NOOP, op::FETCH, op::FILTER, op::MODEL, op::EXPORT];
 
 /// Run operation `code` with `params`; files it writes go into `scratch`. Blocking: call it
 /// from a blocking thread.
@@ -54,15 +56,8 @@ pub fn run(
         op::NOOP => Ok(Output::inline(noop())),
         op::FETCH => fetch::run(params, catalog, progress).map(Output::inline),
         op::FILTER => filter::run(params, catalog, progress, scratch),
-        // Known to the platform but not built yet: say so plainly rather than fake a result.
-        op::MODEL | op::EXPORT => Err(TaskError::new(
-            failure::UNSUPPORTED_OPERATION,
-            format!(
-                "operation {code} ({}) is not implemented by this runner version (dap-runner {})",
-                op::name(code),
-                env!("CARGO_PKG_VERSION")
-            ),
-        )),
+        op::EXPORT => export::run(params, catalog, progress, scratch),
+        op::MODEL => model::run(params, catalog, progress, scratch),
         other => Err(TaskError::new(
             failure::UNSUPPORTED_OPERATION,
             format!("operation code {other} is unknown to this runner"),
@@ -99,19 +94,14 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_operations_are_unsupported() {
+    fn unknown_operations_are_unsupported() {
         let cat = Catalog::default();
         let p = ProgressReporter::discard();
         let dir = TempDir::new();
         let s = scratch(&dir);
-        for code in [op::MODEL, op::EXPORT] {
-            let e = run(code, &json!({"dataset": "x"}), &cat, &p, &s).unwrap_err();
-            assert_eq!(e.code, failure::UNSUPPORTED_OPERATION, "{code}");
-            assert!(e.message.contains("not implemented"), "{}", e.message);
-            assert!(e.message.contains(&code.to_string()), "{}", e.message);
-        }
         let e = run(150, &json!({}), &cat, &p, &s).unwrap_err();
         assert_eq!(e.code, failure::UNSUPPORTED_OPERATION);
+        assert!(e.message.contains("150"), "{}", e.message);
     }
 
     #[test]
@@ -132,7 +122,10 @@ mod tests {
 
     #[test]
     fn advertises_only_what_it_implements() {
-        assert_eq!(SUPPORTED, [op::NOOP, op::FETCH, op::FILTER]);
+        assert_eq!(
+            SUPPORTED,
+            [op::NOOP, op::FETCH, op::FILTER, op::MODEL, op::EXPORT]
+        );
     }
 
     #[test]
@@ -141,6 +134,32 @@ mod tests {
         let e = run(
             op::FILTER,
             &json!({"dataset": "x"}),
+            &Catalog::default(),
+            &ProgressReporter::discard(),
+            &scratch(&TempDir::new()),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, failure::UNKNOWN_DATASET, "{e:?}");
+    }
+
+    #[test]
+    fn model_is_dispatched() {
+        let e = run(
+            op::MODEL,
+            &json!({"dataset": "x", "model": "kmeans", "features": ["a"]}),
+            &Catalog::default(),
+            &ProgressReporter::discard(),
+            &scratch(&TempDir::new()),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, failure::UNKNOWN_DATASET, "{e:?}");
+    }
+
+    #[test]
+    fn export_is_dispatched() {
+        let e = run(
+            op::EXPORT,
+            &json!({"dataset": "x", "format": "csv"}),
             &Catalog::default(),
             &ProgressReporter::discard(),
             &scratch(&TempDir::new()),
