@@ -31,3 +31,5 @@ echo "== cargo test"
 cargo test --workspace
 echo "== web widget (unit tests + headless Chromium against a real server and runner)"
 bash scripts/test-widget.sh
+echo "== WordPress plugin (PHPUnit in a real WordPress + MariaDB, headless Chromium)"
+bash scripts/test-wordpress.sh
