@@ -147,6 +147,60 @@ async fn wait_runner_online(srv: &Server, key: &str) -> Value {
     }
 }
 
+/// A real server with an admin key and the real runner (declaring `people`) online.
+struct Rig {
+    dir: PathBuf,
+    srv: Server,
+    key: String,
+    listed: Value,
+    stop_runner: oneshot::Sender<()>,
+    runner: tokio::task::JoinHandle<Result<(), RunnerError>>,
+}
+
+async fn rig(tag: &str) -> Rig {
+    let dir = temp_dir(tag);
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+        let _ = runner_stopped.await;
+    }));
+    let listed = wait_runner_online(&srv, &key).await;
+    Rig {
+        dir,
+        srv,
+        key,
+        listed,
+        stop_runner,
+        runner,
+    }
+}
+
+impl Rig {
+    /// Stops the runner and the server and removes the temp dir.
+    async fn finish(self) {
+        let _ = self.stop_runner.send(());
+        let r = tokio::time::timeout(Duration::from_secs(10), self.runner)
+            .await
+            .expect("the runner stops when asked")
+            .expect("the runner task does not panic");
+        assert!(r.is_ok(), "{r:?}");
+        self.srv.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn fetch_on_csv_end_to_end_with_progress_and_reconnect_after_restart() {
     let dir = temp_dir("fetch");
@@ -361,25 +415,8 @@ async fn revoked_runner_stops_with_an_error() {
 async fn filter_uploads_its_full_output_as_a_csv_artifact() {
     use sha2::{Digest, Sha256};
 
-    let dir = temp_dir("artifact");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
-    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
-    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
-        let _ = runner_stopped.await;
-    }));
-    wait_runner_online(&srv, &key).await;
+    let rig = rig("artifact").await;
+    let (srv, key) = (&rig.srv, rig.key.clone());
 
     let (st, t) = call(
         reqwest::Method::POST,
@@ -397,7 +434,7 @@ async fn filter_uploads_its_full_output_as_a_csv_artifact() {
     .await;
     assert_eq!(st, 201, "{t}");
     let id = t["task_id"].as_str().unwrap().to_owned();
-    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    let done = wait_status(srv, &key, &id, &["completed", "failed"], 30).await;
     assert_eq!(done["status"], "completed", "{done}");
 
     // The same rows, computed from how `write_csv` generated the file: age = 20 + i % 40,
@@ -462,37 +499,14 @@ async fn filter_uploads_its_full_output_as_a_csv_artifact() {
         assert_eq!(*line, format!("{i},person {i},{age},{score}"), "row {i}");
     }
 
-    let _ = stop_runner.send(());
-    let r = tokio::time::timeout(Duration::from_secs(10), runner)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(r.is_ok(), "{r:?}");
-    srv.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn export_html_report_end_to_end() {
-    let dir = temp_dir("export");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
-    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
-    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
-        let _ = runner_stopped.await;
-    }));
-    let listed = wait_runner_online(&srv, &key).await;
+    let rig = rig("export").await;
+    let (srv, key) = (&rig.srv, rig.key.clone());
+    let listed = rig.listed.clone();
     assert!(
         listed["operations"]
             .as_array()
@@ -514,7 +528,7 @@ async fn export_html_report_end_to_end() {
     .await;
     assert_eq!(st, 201, "{t}");
     let id = t["task_id"].as_str().unwrap().to_owned();
-    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    let done = wait_status(srv, &key, &id, &["completed", "failed"], 30).await;
     assert_eq!(done["status"], "completed", "{done}");
 
     // From how `write_csv` generated the file: age = 20 + i % 40, empty when i % 50 == 7.
@@ -569,37 +583,13 @@ async fn export_html_report_end_to_end() {
     assert_eq!(html.matches("<tr><td").count(), 5);
     assert!(!html.contains("http://") && !html.contains("https://"));
 
-    let _ = stop_runner.send(());
-    let r = tokio::time::timeout(Duration::from_secs(10), runner)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(r.is_ok(), "{r:?}");
-    srv.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn linear_regression_end_to_end_recovers_the_generating_line() {
-    let dir = temp_dir("model");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
-    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
-    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
-        let _ = runner_stopped.await;
-    }));
-    wait_runner_online(&srv, &key).await;
+    let rig = rig("model").await;
+    let (srv, key) = (&rig.srv, rig.key.clone());
 
     // `write_csv` makes score = 3·id + 0.5 exactly, so the fit must recover it.
     let (st, t) = call(
@@ -615,7 +605,7 @@ async fn linear_regression_end_to_end_recovers_the_generating_line() {
     .await;
     assert_eq!(st, 201, "{t}");
     let id = t["task_id"].as_str().unwrap().to_owned();
-    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    let done = wait_status(srv, &key, &id, &["completed", "failed"], 60).await;
     assert_eq!(done["status"], "completed", "{done}");
     let (_, res) = call(
         reqwest::Method::GET,
@@ -647,8 +637,5 @@ async fn linear_regression_end_to_end_recovers_the_generating_line() {
         .iter()
         .any(|a| a["name"] == "predictions.csv"));
 
-    let _ = stop_runner.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
-    srv.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.finish().await;
 }
