@@ -103,6 +103,9 @@ async function login( context, user, password ) {
 		const row = tasks.locator( `tr[data-task-id="${ taskId }"]` );
 		check( ( await row.locator( '[data-dap-status]' ).textContent() ).trim() === 'Completed', 'the row says Completed' );
 		check( ( await row.locator( '.dap-progress-value' ).textContent() ).trim() === '100%', 'the row shows 100%' );
+		check( ( await row.locator( '.dap-progress-bar' ).evaluate( ( e ) => e.style.width ) ) === '100%', 'the bar is filled to 100%' );
+		// Let the bar's CSS width transition (0.3 s) finish so the screenshot shows the final state.
+		await tasks.waitForTimeout( 500 );
 		await tasks.screenshot( { path: path.join( SHOTS, 'wordpress-live-progress.png' ), fullPage: true } );
 
 		// ---- result view
