@@ -2,7 +2,7 @@
 //! body `{"error":{"code","message"}}`. Internal causes are logged here and answered with a
 //! generic message, never echoed.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -156,6 +156,12 @@ impl From<JsonRejection> for ApiError {
             }
             other => Self::bad_request("invalid_request", other.body_text()),
         }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request("invalid_path", r.body_text())
     }
 }
 

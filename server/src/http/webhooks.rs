@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::ts;
 use crate::store::webhooks::Webhook;
 use crate::store::{now_ms, Scope, WEBHOOK_EVENT_TYPES};
@@ -252,7 +252,7 @@ async fn deliveries(
 async fn redeliver(
     State(s): State<AppState>,
     caller: Caller,
-    Path((id, delivery_id)): Path<(String, i64)>,
+    ApiPath((id, delivery_id)): ApiPath<(String, i64)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
     load(&s, &id).await?;

@@ -163,6 +163,18 @@ async fn a_completion_is_delivered_once_signed_and_logged() {
         .await;
     assert_eq!(st, 202);
     recv.wait_for(3, 10).await;
+    let (st, v) = srv
+        .post(
+            &format!("/api/v1/webhooks/{hook_id}/deliveries/not-a-number/redeliver"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_path")),
+        "{v}"
+    );
     assert_eq!(
         recv.got.lock().unwrap()[2].0["webhook-id"]
             .to_str()
