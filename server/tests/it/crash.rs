@@ -12,22 +12,44 @@ use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dap-server");
 
+/// A `dap-server` child process, SIGKILLed when dropped so a failing test leaks no server.
+struct ServerProc(Child);
+
+impl ServerProc {
+    /// `kill -9` and reap.
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `dap-server serve` on port 0 and returns the child and its address.
-fn start(dir: &Path) -> (Child, std::net::SocketAddr) {
+fn start(dir: &Path) -> (ServerProc, std::net::SocketAddr) {
     start_with_env(dir, &[])
 }
 
-fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .envs(env.iter().copied())
-        .env("DAP_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> (ServerProc, std::net::SocketAddr) {
+    let mut child = ServerProc(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .envs(env.iter().copied())
+            .env("DAP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
