@@ -39,7 +39,7 @@ use polars::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::filter::{self, FilterParams};
-use super::params::{invalid, shorten_json, Params};
+use super::params::{invalid, shorten_json, Named, Params};
 use super::{check_cancelled, values, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::{columns_of, Catalog};
@@ -77,25 +77,16 @@ pub enum Format {
     Html,
 }
 
-impl Format {
-    const ALL: [(&'static str, Format); 4] = [
+impl Named for Format {
+    const NAMES: &'static [(&'static str, Self)] = &[
         ("csv", Format::Csv),
         ("parquet", Format::Parquet),
         ("json", Format::Json),
         ("html", Format::Html),
     ];
+}
 
-    fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("?", |(n, _)| n)
-    }
-
+impl Format {
     /// The artifact's name: `report.<ext>`.
     pub fn artifact(self) -> &'static str {
         match self {
@@ -136,7 +127,7 @@ impl ExportParams {
             invalid(format!(
                 "params.format: unknown format {} (expected one of: {})",
                 shorten_json(&Value::from(format_name)),
-                Format::ALL.map(|(n, _)| n).join(", ")
+                Format::names()
             ))
         })?;
         let title = p.optional_str("title")?.map(str::to_owned);

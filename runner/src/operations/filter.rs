@@ -39,7 +39,7 @@ use dap_protocol::TaskError;
 use polars::prelude::*;
 use serde_json::{json, Value};
 
-use super::params::{invalid, shorten_json, Params};
+use super::params::{invalid, shorten_json, Named, Params};
 use super::{check_cancelled, values, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::{columns_of, count_rows, Catalog};
@@ -84,8 +84,8 @@ pub enum CmpOp {
     NotNull,
 }
 
-impl CmpOp {
-    const ALL: [(&'static str, CmpOp); 11] = [
+impl Named for CmpOp {
+    const NAMES: &'static [(&'static str, Self)] = &[
         ("eq", CmpOp::Eq),
         ("ne", CmpOp::Ne),
         ("lt", CmpOp::Lt),
@@ -98,24 +98,6 @@ impl CmpOp {
         ("is_null", CmpOp::IsNull),
         ("not_null", CmpOp::NotNull),
     ];
-
-    fn parse(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, op)| *op)
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, op)| *op == self)
-            .map_or("?", |(n, _)| n)
-    }
-
-    fn names() -> String {
-        Self::ALL.map(|(n, _)| n).join(", ")
-    }
 }
 
 /// One `{column, op, value}` test. `value` is kept as JSON until the column's type is known.
@@ -155,8 +137,8 @@ pub enum AggFn {
     Std,
 }
 
-impl AggFn {
-    const ALL: [(&'static str, AggFn); 7] = [
+impl Named for AggFn {
+    const NAMES: &'static [(&'static str, Self)] = &[
         ("count", AggFn::Count),
         ("sum", AggFn::Sum),
         ("mean", AggFn::Mean),
@@ -165,17 +147,6 @@ impl AggFn {
         ("median", AggFn::Median),
         ("std", AggFn::Std),
     ];
-
-    fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("?", |(n, _)| n)
-    }
 }
 
 /// One aggregation: `func` over `column` (none: `count` of rows), output as `name`.
@@ -433,7 +404,7 @@ fn parse_group_by(value: &Value) -> Result<GroupBy, TaskError> {
             invalid(format!(
                 "{path}.fn: unknown aggregation {} (expected one of: {})",
                 shorten_json(&Value::from(fn_name)),
-                AggFn::ALL.map(|(n, _)| n).join(", ")
+                AggFn::names()
             ))
         })?;
         let column = match a.optional_str("column")? {

@@ -58,7 +58,7 @@ use rand::SeedableRng;
 use rand_xoshiro::{Xoshiro256Plus, Xoshiro256PlusPlus};
 use serde_json::{json, Map, Value};
 
-use super::params::{invalid, shorten_json, Params};
+use super::params::{invalid, shorten_json, Named, Params};
 use super::{check_cancelled, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::Catalog;
@@ -105,25 +105,16 @@ pub enum ModelKind {
     DecisionTree,
 }
 
-impl ModelKind {
-    const ALL: [(&'static str, ModelKind); 4] = [
+impl Named for ModelKind {
+    const NAMES: &'static [(&'static str, Self)] = &[
         ("linear_regression", ModelKind::LinearRegression),
         ("logistic_regression", ModelKind::LogisticRegression),
         ("kmeans", ModelKind::KMeans),
         ("decision_tree", ModelKind::DecisionTree),
     ];
+}
 
-    fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, m)| *m == self)
-            .map_or("?", |(n, _)| n)
-    }
-
+impl ModelKind {
     fn is_classifier(self) -> bool {
         matches!(self, Self::LogisticRegression | Self::DecisionTree)
     }
@@ -152,7 +143,7 @@ impl ModelParams {
         let model = ModelKind::parse(model_name).ok_or_else(|| {
             invalid(format!(
                 "params.model `{model_name}` is not a known model (expected: {})",
-                ModelKind::ALL.map(|(n, _)| n).join(", ")
+                ModelKind::names()
             ))
         })?;
         if p.value("features")

@@ -16,6 +16,36 @@ pub struct Params<'a> {
     prefix: String,
 }
 
+/// A parameter spelled as one of a fixed set of names (an operator, an aggregation, a model, a
+/// format): one table gives parsing, the canonical name and the list for error messages.
+pub trait Named: Copy + PartialEq + 'static {
+    /// Every accepted name with its value, in the order messages list them.
+    const NAMES: &'static [(&'static str, Self)];
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// `"a, b, c"`, for "expected one of" messages.
+    fn names() -> String {
+        Self::NAMES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 pub fn invalid(message: impl Into<String>) -> TaskError {
     TaskError::new(failure::INVALID_PARAMS, message)
 }
