@@ -575,19 +575,13 @@ mod tests {
     use crate::test_support::{
         error_answer, stored_answer, token_answer, MockHttp, Recorded, TempDir,
     };
-    use crate::{DatasetFormat, DatasetSpec};
     use serde_json::json;
     use sha2::Digest;
     use std::sync::atomic::AtomicU64;
 
     fn setup(slots: u32, dir: &TempDir) -> (Executor, Arc<Outbox>) {
         let path = dir.write("s.csv", "a,b\n1,x\n2,y\n3,z\n");
-        let catalog = Catalog::open(&[DatasetSpec {
-            name: "s".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap();
+        let catalog = crate::test_support::csv_catalog("s", &path);
         let outbox = Arc::new(Outbox::new(64));
         // Nothing listens on port 9: these tasks produce no artifacts.
         let uploader = Arc::new(Uploader::new("http://127.0.0.1:9", "t").unwrap());

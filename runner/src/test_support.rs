@@ -41,6 +41,16 @@ impl Drop for TempDir {
     }
 }
 
+/// A catalog declaring one CSV file under `name` (the shape most operation tests need).
+pub fn csv_catalog(name: &str, path: &Path) -> crate::catalog::Catalog {
+    crate::catalog::Catalog::open(&[crate::DatasetSpec {
+        name: name.into(),
+        path: path.to_owned(),
+        format: crate::DatasetFormat::Csv,
+    }])
+    .expect("declare the test CSV")
+}
+
 /// One request a [`MockHttp`] received.
 #[derive(Debug, Clone)]
 pub struct Recorded {

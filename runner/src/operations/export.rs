@@ -933,7 +933,6 @@ mod tests {
     use super::*;
     use crate::progress::ProgressUpdate;
     use crate::test_support::TempDir;
-    use crate::{DatasetFormat, DatasetSpec};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -963,12 +962,7 @@ mod tests {
 
     fn catalog(dir: &TempDir) -> Catalog {
         let path = dir.write("people.csv", &csv());
-        Catalog::open(&[DatasetSpec {
-            name: "people".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap()
+        crate::test_support::csv_catalog("people", &path)
     }
 
     /// Run an export; returns the result and the artifact's bytes.

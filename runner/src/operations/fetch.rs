@@ -104,7 +104,6 @@ mod tests {
     use super::*;
     use crate::progress::ProgressUpdate;
     use crate::test_support::TempDir;
-    use crate::{DatasetFormat, DatasetSpec};
     use dap_protocol::failure;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -120,12 +119,7 @@ date,region,product,units,unit_price,paid
 
     fn catalog(dir: &TempDir) -> Catalog {
         let path = dir.write("sales.csv", SALES);
-        Catalog::open(&[DatasetSpec {
-            name: "sales".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap()
+        crate::test_support::csv_catalog("sales", &path)
     }
 
     fn fetch(cat: &Catalog, params: Value) -> Result<Value, TaskError> {
@@ -267,12 +261,7 @@ date,region,product,units,unit_price,paid
     fn a_file_broken_after_declaration_is_a_data_error_without_paths() {
         let dir = TempDir::new();
         let path = dir.write("good.csv", "a,b\n1,2\n3,4\n");
-        let cat = Catalog::open(&[DatasetSpec {
-            name: "good".into(),
-            path: path.clone(),
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap();
+        let cat = crate::test_support::csv_catalog("good", &path);
         // The owner's export job rewrites the file badly: more fields than the header has.
         std::fs::write(&path, "a,b\n1,2\n3,4,5,6\n").unwrap();
         let e = fetch(&cat, json!({"dataset": "good"})).unwrap_err();

@@ -1008,7 +1008,6 @@ mod tests {
     use super::*;
     use crate::progress::ProgressUpdate;
     use crate::test_support::TempDir;
-    use crate::{DatasetFormat, DatasetSpec};
     use dap_protocol::failure;
     use std::cmp::Ordering as CmpOrdering;
     use std::collections::BTreeMap;
@@ -1179,12 +1178,7 @@ mod tests {
 
     fn catalog(dir: &TempDir) -> Catalog {
         let path = dir.write("t.csv", &csv());
-        Catalog::open(&[DatasetSpec {
-            name: "t".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap()
+        crate::test_support::csv_catalog("t", &path)
     }
 
     fn filter(cat: &Catalog, params: Value) -> Result<Value, TaskError> {
@@ -1668,12 +1662,7 @@ mod tests {
             writeln!(body, "{i},{},{s},t{}", (i * 7919) % 3, (i * 31) % 4).unwrap();
         }
         let path = dir.write("ties.csv", &body);
-        let cat = Catalog::open(&[DatasetSpec {
-            name: "ties".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap();
+        let cat = crate::test_support::csv_catalog("ties", &path);
         for sort in [
             json!(["t"]),
             json!([{"column": "t", "descending": true}]),
@@ -2311,12 +2300,7 @@ mod tests {
     fn a_broken_file_is_a_data_error_without_paths() {
         let dir = TempDir::new();
         let path = dir.write("good.csv", "a,b\n1,2\n3,4\n");
-        let cat = Catalog::open(&[DatasetSpec {
-            name: "good".into(),
-            path: path.clone(),
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap();
+        let cat = crate::test_support::csv_catalog("good", &path);
         std::fs::write(&path, "a,b\n1,2\n3,4,5,6\n").unwrap();
         let e = filter(
             &cat,
@@ -2353,12 +2337,7 @@ mod tests {
         }
         assert!(by_region.len() >= 2);
 
-        let cat = Catalog::open(&[DatasetSpec {
-            name: "sales".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap();
+        let cat = crate::test_support::csv_catalog("sales", &path);
         let r = filter(
             &cat,
             json!({"dataset": "sales", "group_by": {"by": ["region"], "aggregations": [

@@ -1175,7 +1175,6 @@ mod tests {
     use super::*;
     use crate::progress::ProgressUpdate;
     use crate::test_support::TempDir;
-    use crate::{DatasetFormat, DatasetSpec};
     use std::fmt::Write as _;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -1187,12 +1186,7 @@ mod tests {
 
     fn catalog(dir: &TempDir, csv: &str) -> Catalog {
         let path = dir.write("d.csv", csv);
-        Catalog::open(&[DatasetSpec {
-            name: "d".into(),
-            path,
-            format: DatasetFormat::Csv,
-        }])
-        .unwrap()
+        crate::test_support::csv_catalog("d", &path)
     }
 
     /// Run a model; returns the result and the parsed predictions.csv rows.
