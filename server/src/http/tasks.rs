@@ -94,7 +94,8 @@ pub fn validate_dataset_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate(req: &CreateTask) -> Result<(u16, Value), ApiError> {
+/// Returns the operation code, the params object and its serialised form.
+fn validate(req: &CreateTask) -> Result<(u16, Value, String), ApiError> {
     let code = u16::try_from(req.operation_code)
         .ok()
         .filter(|c| op::is_known(*c))
@@ -118,7 +119,8 @@ fn validate(req: &CreateTask) -> Result<(u16, Value), ApiError> {
             ))
         }
     };
-    if params.to_string().len() > MAX_PARAMS_BYTES {
+    let params_json = params.to_string();
+    if params_json.len() > MAX_PARAMS_BYTES {
         return Err(ApiError::unprocessable(
             "invalid_params",
             format!("params is larger than {MAX_PARAMS_BYTES} bytes"),
@@ -151,7 +153,7 @@ fn validate(req: &CreateTask) -> Result<(u16, Value), ApiError> {
             ));
         }
     }
-    Ok((code, params))
+    Ok((code, params, params_json))
 }
 
 async fn create(
@@ -160,7 +162,7 @@ async fn create(
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Write)?;
-    let (code, params) = validate(&req)?;
+    let (code, params, params_json) = validate(&req)?;
     let task_id = uuid::Uuid::now_v7().to_string();
     let queued = QueuedTask {
         task_id: task_id.clone(),
@@ -229,7 +231,7 @@ async fn create(
     let new = NewTask {
         id: task_id.clone(),
         operation_code: code,
-        params: (*queued.params).clone(),
+        params_json,
         target_runner_id: req.runner_id.clone(),
         assign_to: assign_to.clone(),
     };

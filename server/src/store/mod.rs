@@ -142,8 +142,8 @@ impl Store {
         &self.outbox
     }
 
-    /// The connection pool, for modules that own their tables (webhooks).
-    pub fn pool(&self) -> &SqlitePool {
+    /// The connection pool, for the store's submodules (webhooks).
+    fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 

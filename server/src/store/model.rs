@@ -101,7 +101,8 @@ pub struct Task {
 pub struct NewTask {
     pub id: String,
     pub operation_code: u16,
-    pub params: Value,
+    /// The params object, already serialised (the HTTP layer measured it).
+    pub params_json: String,
     pub target_runner_id: Option<String>,
     pub assign_to: Option<String>,
 }

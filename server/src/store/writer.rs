@@ -301,7 +301,7 @@ fn apply(
             .execute(params![
                 t.id,
                 t.operation_code,
-                t.params.to_string(),
+                t.params_json,
                 status.as_str(),
                 t.target_runner_id,
                 t.assign_to,
