@@ -65,6 +65,8 @@ pub mod failure {
     pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
     /// The dataset could not be read or parsed.
     pub const DATA_ERROR: &str = "data_error";
+    /// `params.input` names a task whose output this runner does not hold.
+    pub const INPUT_NOT_AVAILABLE: &str = "input_not_available";
     /// The task was cancelled before it finished.
     pub const CANCELLED: &str = "cancelled";
     /// Anything else (a bug); the message says what.

@@ -6,11 +6,15 @@
 //! ([`DatasetInfo`]) never carries a path.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dap_protocol::{failure, ColumnInfo, DatasetFormat, DatasetInfo, TaskError};
 use polars::prelude::*;
 
+use crate::operations::params::SourceRef;
+use crate::outputs::{Kept, OutputStore};
 use crate::DatasetSpec;
 
 /// Longest dataset name accepted (names travel in every task and the UI's dropdowns).
@@ -18,8 +22,9 @@ const MAX_NAME_LEN: usize = 128;
 /// Rows polars reads to guess column types. The default (100) misreads columns whose first
 /// hundred values look like integers and a later one is a float.
 const INFER_SCHEMA_ROWS: usize = 10_000;
-/// Files up to this size are counted at start so the server can show a row count; counting a
-/// bigger CSV means reading all of it, which would delay every start.
+/// CSV and NDJSON files up to this size are counted at start so the server can show a row
+/// count; counting a bigger one means reading all of it, which would delay every start.
+/// Parquet files are always counted: the count is in their footer.
 const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A declared dataset that cannot be served. Reported at start, before connecting.
@@ -37,11 +42,6 @@ pub enum CatalogError {
     },
     #[error("dataset `{name}`: {} is not a regular file", .path.display())]
     NotAFile { name: String, path: PathBuf },
-    #[error(
-        "dataset `{name}`: {} files are not supported by this runner version yet (only csv is)",
-        crate::format_name(*.format)
-    )]
-    UnsupportedFormat { name: String, format: DatasetFormat },
     #[error("dataset `{name}`: cannot read {}: {message}", .path.display())]
     Unreadable {
         name: String,
@@ -64,6 +64,50 @@ pub struct Dataset {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     datasets: BTreeMap<String, Dataset>,
+    /// Outputs of earlier tasks that `params.input` may name; `None` keeps nothing.
+    outputs: Option<Arc<OutputStore>>,
+}
+
+/// Longest chain of views (a fetch of a fetch of …) followed when resolving an input.
+const MAX_VIEW_DEPTH: usize = 16;
+
+/// An operation's input table, resolved: a dataset or a kept task output, ready to scan.
+pub struct Source<'a> {
+    label: String,
+    dataset: Option<&'a Dataset>,
+    lf: LazyFrame,
+    /// Directory to take out of messages (the output store's), besides the dataset's paths.
+    redact_dir: Option<PathBuf>,
+}
+
+impl Source<'_> {
+    /// The dataset's name, or `task:<id>` for an earlier task's output.
+    pub fn name(&self) -> &str {
+        &self.label
+    }
+
+    /// A lazy scan of the table.
+    pub fn scan(&self) -> Result<LazyFrame, TaskError> {
+        Ok(self.lf.clone())
+    }
+
+    /// A polars failure as a `data_error` naming the source, with local paths taken out.
+    pub fn data_error(&self, err: &PolarsError) -> TaskError {
+        let (dataset, dir) = match (self.dataset, &self.redact_dir) {
+            (Some(d), None) => return d.data_error(err),
+            (d, Some(dir)) => (d, dir),
+            (None, None) => return TaskError::new(failure::DATA_ERROR, err.to_string()),
+        };
+        let mut message = match dataset {
+            Some(d) => d.redact(&err.to_string()),
+            None => err.to_string(),
+        };
+        message = message.replace(dir.to_string_lossy().as_ref(), "<outputs>");
+        TaskError::new(
+            failure::DATA_ERROR,
+            format!("input `{}`: {message}", self.label),
+        )
+    }
 }
 
 impl Catalog {
@@ -83,7 +127,90 @@ impl Catalog {
             let dataset = Dataset::declare(spec)?;
             datasets.insert(spec.name.clone(), dataset);
         }
-        Ok(Self { datasets })
+        Ok(Self {
+            datasets,
+            outputs: None,
+        })
+    }
+
+    /// Let tasks read the outputs kept in `store` (`params.input`).
+    pub fn with_outputs(mut self, store: Arc<OutputStore>) -> Self {
+        self.outputs = Some(store);
+        self
+    }
+
+    /// Where kept outputs go, if this runner keeps them.
+    pub fn outputs(&self) -> Option<&Arc<OutputStore>> {
+        self.outputs.as_ref()
+    }
+
+    /// The table a task's `dataset` / `input` names, or the typed failure to report.
+    pub fn source(&self, r: &SourceRef) -> Result<Source<'_>, TaskError> {
+        self.source_at(r, 0)
+    }
+
+    fn source_at(&self, r: &SourceRef, depth: usize) -> Result<Source<'_>, TaskError> {
+        let id = match r {
+            SourceRef::Dataset(name) => {
+                let d = self.resolve(name)?;
+                return Ok(Source {
+                    label: d.name().to_owned(),
+                    dataset: Some(d),
+                    lf: d.scan()?,
+                    redact_dir: None,
+                });
+            }
+            SourceRef::Task(id) => id,
+        };
+        let label = r.label();
+        let unavailable = |why: &str| {
+            TaskError::new(
+                failure::INPUT_NOT_AVAILABLE,
+                format!(
+                    "params.input: the output of task {id} is not available on this runner: {why}"
+                ),
+            )
+        };
+        if depth >= MAX_VIEW_DEPTH {
+            return Err(unavailable("the chain of inputs is too long"));
+        }
+        let store = self
+            .outputs
+            .as_ref()
+            .ok_or_else(|| unavailable("this runner keeps no task outputs"))?;
+        let kept = store.get(id).ok_or_else(|| {
+            unavailable(
+                "it did not complete here, produced no table, or was evicted \
+                 (see --keep-outputs-bytes)",
+            )
+        })?;
+        match kept {
+            Kept::File { path, format } => {
+                let mut source = Source {
+                    label,
+                    dataset: None,
+                    lf: LazyFrame::default(),
+                    redact_dir: Some(store.dir().to_path_buf()),
+                };
+                source.lf = scan_file(&path, format).map_err(|e| source.data_error(&e))?;
+                Ok(source)
+            }
+            Kept::View { source, columns } => {
+                let inner = self.source_at(&source, depth + 1)?;
+                let lf = match columns {
+                    Some(cols) => inner
+                        .lf
+                        .select(cols.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()),
+                    None => inner.lf,
+                };
+                Ok(Source {
+                    label,
+                    dataset: inner.dataset,
+                    lf,
+                    redact_dir: inner.redact_dir.or_else(|| Some(store.dir().to_path_buf())),
+                })
+            }
+        }
     }
 
     /// What the greeting advertises, sorted by name.
@@ -154,13 +281,6 @@ impl Dataset {
                 path: spec.path.clone(),
             });
         }
-        if spec.format != DatasetFormat::Csv {
-            return Err(CatalogError::UnsupportedFormat {
-                name,
-                format: spec.format,
-            });
-        }
-
         let mut dataset = Dataset {
             info: DatasetInfo {
                 name: name.clone(),
@@ -181,7 +301,7 @@ impl Dataset {
             .collect_schema()
             .map_err(|e| unreadable(dataset.redact(&e.to_string())))?;
         dataset.info.columns = columns_of(&schema);
-        if meta.len() <= COUNT_AT_START_MAX_BYTES {
+        if spec.format == DatasetFormat::Parquet || meta.len() <= COUNT_AT_START_MAX_BYTES {
             dataset.info.row_count =
                 Some(count_rows(lf).map_err(|e| unreadable(dataset.redact(&e.to_string())))?);
         }
@@ -201,20 +321,7 @@ impl Dataset {
     /// rather than read whatever it points at now.
     pub fn scan(&self) -> Result<LazyFrame, TaskError> {
         let path = self.checked_path()?;
-        match self.info.format {
-            DatasetFormat::Csv => LazyCsvReader::new(path)
-                .with_has_header(true)
-                .with_infer_schema_length(Some(INFER_SCHEMA_ROWS))
-                .finish()
-                .map_err(|e| self.data_error(&e)),
-            other => Err(TaskError::new(
-                failure::DATA_ERROR,
-                format!(
-                    "{} datasets are not supported by this runner version yet",
-                    crate::format_name(other)
-                ),
-            )),
-        }
+        scan_file(path, self.info.format).map_err(|e| self.data_error(&e))
     }
 
     fn checked_path(&self) -> Result<&Path, TaskError> {
@@ -275,6 +382,32 @@ impl Dataset {
     }
 }
 
+/// A lazy scan of one local file in `format`. Globbing and hive partitioning are off: the path
+/// names exactly one file, whatever characters it contains.
+pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> {
+    match format {
+        DatasetFormat::Csv => LazyCsvReader::new(path)
+            .with_has_header(true)
+            .with_glob(false)
+            .with_infer_schema_length(Some(INFER_SCHEMA_ROWS))
+            .finish(),
+        DatasetFormat::Parquet => LazyFrame::scan_parquet(
+            path,
+            ScanArgsParquet {
+                glob: false,
+                hive_options: polars::io::HiveOptions {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ),
+        DatasetFormat::Ndjson => LazyJsonLineReader::new(path)
+            .with_infer_schema_length(NonZeroUsize::new(INFER_SCHEMA_ROWS))
+            .finish(),
+    }
+}
+
 /// Our column list from a polars schema; dtype names as polars prints them (`i64`, `str`, …).
 pub fn columns_of(schema: &Schema) -> Vec<ColumnInfo> {
     schema
@@ -293,6 +426,20 @@ pub fn count_rows(lf: LazyFrame) -> PolarsResult<u64> {
     value
         .extract::<u64>()
         .ok_or_else(|| PolarsError::ComputeError("row count is not a number".into()))
+}
+
+/// [`count_rows`] for a task: gives up with `cancelled` as soon as the task is cancelled.
+pub fn count_rows_or_cancel(
+    lf: LazyFrame,
+    progress: &crate::progress::ProgressReporter,
+) -> Result<PolarsResult<u64>, TaskError> {
+    let df = crate::operations::collect_or_cancel(lf.select([len().alias("n")]), progress)?;
+    Ok(df.and_then(|df| {
+        df.column("n")?
+            .get(0)?
+            .extract::<u64>()
+            .ok_or_else(|| PolarsError::ComputeError("row count is not a number".into()))
+    }))
 }
 
 /// Check a name an owner declares. Names are what tasks and UIs use, so they must not look like
@@ -438,7 +585,67 @@ mod tests {
             ..csv_spec(&dir, "p", "p.parquet", "not really parquet")
         };
         let e = Catalog::open(&[parquet]).unwrap_err();
-        assert!(matches!(e, CatalogError::UnsupportedFormat { .. }), "{e}");
+        assert!(matches!(e, CatalogError::Unreadable { .. }), "{e}");
+        assert!(!e.to_string().contains("not really"), "{e}");
+    }
+
+    #[test]
+    fn declares_parquet_and_ndjson_with_the_same_schema_as_csv() {
+        let dir = TempDir::new();
+        let csv = csv_spec(
+            &dir,
+            "c",
+            "c.csv",
+            "id,name,score\n1,ann,1.5\n2,bob,\n3,,3.25\n",
+        );
+        let mut df = CsvReadOptions::default()
+            .with_has_header(true)
+            .try_into_reader_with_file_path(Some(csv.path.clone()))
+            .unwrap()
+            .finish()
+            .unwrap();
+        let pq_path = dir.path().join("c.parquet");
+        ParquetWriter::new(std::fs::File::create(&pq_path).unwrap())
+            .finish(&mut df)
+            .unwrap();
+        let nd_path = dir.write(
+            "c.ndjson",
+            "{\"id\":1,\"name\":\"ann\",\"score\":1.5}\n\
+             {\"id\":2,\"name\":\"bob\",\"score\":null}\n\
+             {\"id\":3,\"name\":null,\"score\":3.25}\n",
+        );
+        let cat = Catalog::open(&[
+            csv,
+            DatasetSpec {
+                name: "p".into(),
+                path: pq_path,
+                format: DatasetFormat::Parquet,
+            },
+            DatasetSpec {
+                name: "n".into(),
+                path: nd_path,
+                format: DatasetFormat::Ndjson,
+            },
+        ])
+        .unwrap();
+        let expected = cat.resolve("c").unwrap().scan().unwrap().collect().unwrap();
+        for name in ["p", "n"] {
+            let d = cat.resolve(name).unwrap();
+            assert_eq!(d.info().row_count, Some(3), "{name}");
+            let cols: Vec<(&str, &str)> = d
+                .info()
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.dtype.as_str()))
+                .collect();
+            assert_eq!(
+                cols,
+                vec![("id", "i64"), ("name", "str"), ("score", "f64")],
+                "{name}"
+            );
+            let got = d.scan().unwrap().collect().unwrap();
+            assert!(got.equals_missing(&expected), "{name}: {got} vs {expected}");
+        }
     }
 
     #[cfg(unix)]

@@ -61,6 +61,16 @@ pub struct Cli {
     #[arg(long, env = "DAP_RUNNER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Directory for what the runner keeps between tasks and restarts (task outputs for
+    /// pipelines) [default: $XDG_STATE_HOME/dap-runner or ~/.local/state/dap-runner].
+    #[arg(long, env = "DAP_RUNNER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Bytes of finished tasks' outputs kept for later tasks' `input` (oldest evicted first;
+    /// 0 keeps none) [default: 2 GiB].
+    #[arg(long, env = "DAP_RUNNER_KEEP_OUTPUTS_BYTES", value_name = "BYTES")]
+    pub keep_outputs_bytes: Option<u64>,
+
     /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long, env = "DAP_RUNNER_NO_PROGRESS")]
     pub no_progress: bool,
@@ -74,6 +84,8 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub name: Option<String>,
     pub slots: Option<u32>,
+    pub state_dir: Option<PathBuf>,
+    pub keep_outputs_bytes: Option<u64>,
     #[serde(default)]
     pub datasets: toml::Table,
 }
@@ -187,6 +199,13 @@ pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig
         slots,
         datasets,
         show_progress_bars: !cli.no_progress && std::io::stderr().is_terminal(),
+        state_dir: cli
+            .state_dir
+            .or_else(|| file.state_dir.map(|d| file_dir.join(d))),
+        keep_outputs_bytes: cli
+            .keep_outputs_bytes
+            .or(file.keep_outputs_bytes)
+            .unwrap_or(crate::outputs::DEFAULT_MAX_BYTES),
     };
     validate(&config)?;
     Ok(config)

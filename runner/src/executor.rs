@@ -397,7 +397,16 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
     // Artifacts go up while the task still holds its slot: to the server (and to the greeting
     // after a reconnect) it is running until its result is heard.
     let outcome = match outcome {
-        Ok(output) => ship(&inner, &a, &cancel, output, &mut throttle, bar.as_ref()).await,
+        Ok(mut output) => {
+            let table = output.table.take();
+            let shipped = ship(&inner, &a, &cancel, output, &mut throttle, bar.as_ref()).await;
+            // Kept before `completed` goes out: once the server hears it, a task reading this
+            // output may arrive at once.
+            if let (Ok(_), Some(table)) = (&shipped, table) {
+                keep_output(&inner, &a.task_id, table).await;
+            }
+            shipped
+        }
         Err(e) => Err(Unfinished::Error(e)),
     };
     drop(scratch);
@@ -457,6 +466,22 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
     inner.task_ended.notify_waiters();
 }
 
+/// Keep a finished task's table for later tasks' `params.input`. A failure is logged, not
+/// reported: the task itself succeeded, and a task that later asks for this output is told it
+/// is not available.
+async fn keep_output(inner: &Inner, task_id: &str, table: crate::outputs::OutputTable) {
+    let Some(store) = inner.catalog.outputs().cloned() else {
+        return;
+    };
+    let id = task_id.to_owned();
+    let kept = tokio::task::spawn_blocking(move || store.keep(&id, table)).await;
+    match kept {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(task_id, "could not keep the task's output: {e}"),
+        Err(e) => tracing::warn!(task_id, "keeping the task's output crashed: {e}"),
+    }
+}
+
 /// How a task ended without a result to report.
 enum Unfinished {
     Error(TaskError),
@@ -475,7 +500,9 @@ async fn ship(
     throttle: &mut ProgressThrottle,
     bar: Option<&ProgressBar>,
 ) -> Result<serde_json::Value, Unfinished> {
-    let Output { result, artifacts } = output;
+    let Output {
+        result, artifacts, ..
+    } = output;
     if artifacts.is_empty() {
         return Ok(result);
     }

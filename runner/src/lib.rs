@@ -14,6 +14,7 @@ pub mod connection;
 pub mod executor;
 pub mod operations;
 pub mod outbox;
+pub mod outputs;
 pub mod progress;
 pub mod terminal;
 
@@ -31,6 +32,7 @@ use crate::artifacts::Uploader;
 use crate::catalog::{Catalog, CatalogError};
 use crate::executor::Executor;
 use crate::outbox::Outbox;
+use crate::outputs::OutputStore;
 
 /// Most tasks one runner may run at once. A guard against typos (`--slots 10000`), not a tuning knob.
 pub const MAX_SLOTS: u32 = 256;
@@ -51,6 +53,10 @@ pub struct RunnerConfig {
     pub datasets: Vec<DatasetSpec>,
     /// Draw an indicatif bar per running task (only sensible when stderr is a terminal).
     pub show_progress_bars: bool,
+    /// Where kept state lives; `None` means [`default_state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// Byte budget of kept task outputs (0 keeps none).
+    pub keep_outputs_bytes: u64,
 }
 
 // Hand-written so that the token can never reach a log line through `{:?}`.
@@ -63,6 +69,8 @@ impl fmt::Debug for RunnerConfig {
             .field("slots", &self.slots)
             .field("datasets", &self.datasets)
             .field("show_progress_bars", &self.show_progress_bars)
+            .field("state_dir", &self.state_dir)
+            .field("keep_outputs_bytes", &self.keep_outputs_bytes)
             .finish()
     }
 }
@@ -125,6 +133,30 @@ pub fn format_name(format: DatasetFormat) -> &'static str {
     }
 }
 
+/// Where the runner keeps state when `--state-dir` is not given: `$XDG_STATE_HOME/dap-runner`,
+/// else `~/.local/state/dap-runner`, else a directory in the temp dir.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("dap-runner");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/state/dap-runner");
+    }
+    std::env::temp_dir().join("dap-runner-state")
+}
+
+/// The per-runner subdirectory of the state dir: the runner id from a `dapr_<id>_<secret>`
+/// credential (never the secret), so several runners can share one state dir.
+fn state_key(token: &str) -> String {
+    token
+        .strip_prefix("dapr_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+        .filter(|id| crate::outputs::valid_task_id(id))
+        .unwrap_or("default")
+        .to_owned()
+}
+
 /// Run a runner until `shutdown` completes (returns `Ok`) or the server refuses it for good.
 ///
 /// Declares the datasets first (a missing file or unreadable schema fails here, before any
@@ -140,6 +172,34 @@ pub async fn run(
     let catalog = tokio::task::spawn_blocking(move || Catalog::open(&specs))
         .await
         .map_err(|e| RunnerError::Internal(format!("catalog thread failed: {e}")))??;
+    let state_dir = config
+        .state_dir
+        .clone()
+        .unwrap_or_else(default_state_dir)
+        .join(state_key(&config.token));
+    let keep = config.keep_outputs_bytes;
+    let catalog = if keep == 0 {
+        catalog
+    } else {
+        let outputs_dir = state_dir.join("outputs");
+        let outputs = tokio::task::spawn_blocking(move || OutputStore::open(&outputs_dir, keep))
+            .await
+            .map_err(|e| RunnerError::Internal(format!("output store thread failed: {e}")))?
+            .map_err(|e| {
+                RunnerError::Config(format!(
+                    "state directory {}: {e} (set --state-dir)",
+                    state_dir.display()
+                ))
+            })?;
+        if !outputs.is_empty() {
+            tracing::info!(
+                "{} kept task outputs ({} bytes) available as inputs",
+                outputs.len(),
+                outputs.bytes()
+            );
+        }
+        catalog.with_outputs(Arc::new(outputs))
+    };
     let catalog = Arc::new(catalog);
     for info in catalog.infos() {
         let rows = match info.row_count {
@@ -199,6 +259,8 @@ mod tests {
             slots: 0,
             datasets: vec![],
             show_progress_bars: false,
+            state_dir: None,
+            keep_outputs_bytes: 0,
         };
         let err = run(config, std::future::pending()).await.unwrap_err();
         assert!(matches!(err, RunnerError::Config(_)), "{err}");
@@ -214,6 +276,8 @@ mod tests {
             slots: 1,
             datasets: vec![],
             show_progress_bars: false,
+            state_dir: None,
+            keep_outputs_bytes: 0,
         };
         let stop = tokio::time::sleep(std::time::Duration::from_millis(300));
         let result = tokio::time::timeout(std::time::Duration::from_secs(10), run(config, stop))

@@ -1,7 +1,8 @@
 //! The real runner against the real server, both in-process, over a real socket: operation 100
 //! on a CSV file end to end, progress seen on the server, reconnect after a server restart,
 //! operation 200 shipping its full output as an artifact, operation 400 exporting an HTML report
-//! that is downloaded again, and a revoked runner stopping for good.
+//! that is downloaded again, a revoked runner stopping for good, a fetch → filter → model →
+//! export pipeline over kept outputs, and cancelling a long filter.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,6 +106,9 @@ fn runner_config(srv: &Server, token: &str, csv: &Path) -> RunnerConfig {
             format: DatasetFormat::Csv,
         }],
         show_progress_bars: false,
+        // Each test's CSV sits in its own temp dir: keep the runner's state next to it.
+        state_dir: Some(csv.parent().expect("csv in a dir").join("state")),
+        keep_outputs_bytes: dap_runner::outputs::DEFAULT_MAX_BYTES,
     }
 }
 
@@ -158,6 +162,12 @@ struct Rig {
 }
 
 async fn rig(tag: &str) -> Rig {
+    rig_with(tag, |_, _| {}).await
+}
+
+/// [`rig`] with the runner's config adjusted first (`configure` gets the config and the temp
+/// dir, e.g. to declare another dataset written there).
+async fn rig_with(tag: &str, configure: impl FnOnce(&mut RunnerConfig, &Path)) -> Rig {
     let dir = temp_dir(tag);
     let csv = write_csv(&dir);
     let srv = start_server(&dir.join("srv"), None).await;
@@ -173,7 +183,9 @@ async fn rig(tag: &str) -> Rig {
     .await;
     let token = r["token"].as_str().unwrap().to_owned();
     let (stop_runner, runner_stopped) = oneshot::channel::<()>();
-    let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
+    let mut config = runner_config(&srv, &token, &csv);
+    configure(&mut config, &dir);
+    let runner = tokio::spawn(dap_runner::run(config, async {
         let _ = runner_stopped.await;
     }));
     let listed = wait_runner_online(&srv, &key).await;
@@ -637,5 +649,407 @@ async fn linear_regression_end_to_end_recovers_the_generating_line() {
         .iter()
         .any(|a| a["name"] == "predictions.csv"));
 
+    rig.finish().await;
+}
+
+impl Rig {
+    /// POST a task; the status and body.
+    async fn create(&self, body: Value) -> (u16, Value) {
+        call(
+            reqwest::Method::POST,
+            self.srv.url("/api/v1/tasks"),
+            &self.key,
+            Some(body),
+        )
+        .await
+    }
+
+    /// Create a task, wait until it completes, and return its id and result.
+    async fn run_ok(&self, body: Value) -> (String, Value) {
+        let (st, t) = self.create(body.clone()).await;
+        assert_eq!(st, 201, "{body} -> {t}");
+        let id = t["task_id"].as_str().unwrap().to_owned();
+        let done = wait_status(&self.srv, &self.key, &id, &["completed", "failed"], 60).await;
+        assert_eq!(done["status"], "completed", "{body} -> {done}");
+        let (_, res) = call(
+            reqwest::Method::GET,
+            self.srv.url(&format!("/api/v1/tasks/{id}/result")),
+            &self.key,
+            None,
+        )
+        .await;
+        (id, res)
+    }
+}
+
+#[tokio::test]
+async fn pipeline_fetch_filter_model_export_reads_kept_outputs_on_the_runner() {
+    let rig = rig("pipeline").await;
+    let runner_id = rig.listed["runner_id"].as_str().unwrap().to_owned();
+
+    let (fetch, _) = rig
+        .run_ok(json!({"operation_code": 100,
+                       "params": {"dataset": "people", "columns": ["id", "age", "score"], "limit": 2}}))
+        .await;
+    // Rows with an age: `write_csv` leaves it empty when i % 50 == 7.
+    let (filter, res) = rig
+        .run_ok(json!({"operation_code": 200, "params": {
+            "input": {"task_id": fetch},
+            "where": {"column": "age", "op": "not_null"}}}))
+        .await;
+    let rd = &res["result_data"];
+    assert_eq!(rd["dataset"], format!("task:{fetch}"), "{rd}");
+    assert_eq!(rd["input_row_count"], 250, "{rd}");
+    assert_eq!(rd["row_count"], 245, "{rd}");
+    // The fetch's column choice carried over: `name` is not there.
+    assert_eq!(rd["columns"], json!(["id", "age", "score"]), "{rd}");
+    let (_, t) = call(
+        reqwest::Method::GET,
+        rig.srv.url(&format!("/api/v1/tasks/{filter}")),
+        &rig.key,
+        None,
+    )
+    .await;
+    assert_eq!(t["runner_id"], runner_id.as_str());
+
+    // score = 3·id + 0.5 on every row, so the fit on the filtered rows recovers it.
+    let (model, res) = rig
+        .run_ok(json!({"operation_code": 300, "params": {
+            "input": {"task_id": filter}, "model": "linear_regression",
+            "features": ["id"], "target": "score", "seed": 3}}))
+        .await;
+    let rd = &res["result_data"];
+    assert_eq!(
+        rd["n_train"].as_u64().unwrap() + rd["n_test"].as_u64().unwrap(),
+        245,
+        "{rd}"
+    );
+    assert!(rd["metrics"]["r2"].as_f64().unwrap() > 0.999_999, "{rd}");
+
+    // The report is on the model's predictions.
+    let (export, res) = rig
+        .run_ok(json!({"operation_code": 400, "params": {
+            "input": {"task_id": model}, "format": "html", "title": "Pipeline report"}}))
+        .await;
+    let rd = &res["result_data"];
+    let n_test = rd["row_count"].as_u64().unwrap();
+    assert!(n_test > 0 && n_test < 245, "{rd}");
+    let html = reqwest::Client::new()
+        .get(
+            rig.srv
+                .url(&format!("/api/v1/tasks/{export}/artifacts/report.html")),
+        )
+        .bearer_auth(&rig.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<title>Pipeline report</title>"), "{html}");
+    assert!(html.contains("class=\"preview\""), "no table");
+    assert!(html.contains("<svg"), "no chart");
+    assert!(
+        html.contains(&format!("{n_test} rows")),
+        "row count missing"
+    );
+
+    // Refusals at the REST door, nothing stored.
+    let (_, before) = call(
+        reqwest::Method::GET,
+        rig.srv.url("/api/v1/tasks"),
+        &rig.key,
+        None,
+    )
+    .await;
+    for (body, status, code) in [
+        (
+            json!({"operation_code": 200, "params": {"input": {"task_id": "0000-nope"}}}),
+            422,
+            "unknown_input",
+        ),
+        (
+            json!({"operation_code": 200, "params": {"input": {"task_id": "../../etc"}}}),
+            422,
+            "invalid_params",
+        ),
+        (
+            json!({"operation_code": 200, "params": {"input": {"task_id": fetch}, "dataset": "people"}}),
+            422,
+            "invalid_params",
+        ),
+        (
+            json!({"operation_code": 200, "runner_id": "someone-else", "params": {"input": {"task_id": fetch}}}),
+            422,
+            "input_on_other_runner",
+        ),
+    ] {
+        let (st, e) = rig.create(body.clone()).await;
+        assert_eq!(st, status, "{body} -> {e}");
+        assert_eq!(e["error"]["code"], code, "{body} -> {e}");
+    }
+    // A failed task has no output to read.
+    let (st, t) = rig
+        .create(
+            json!({"operation_code": 200, "params": {"dataset": "people",
+                       "where": {"column": "nope", "op": "eq", "value": 1}}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let failed = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&rig.srv, &rig.key, &failed, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "failed");
+    let (st, e) = rig
+        .create(json!({"operation_code": 200, "params": {"input": {"task_id": failed}}}))
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("input_not_ready")),
+        "{e}"
+    );
+    let (_, after) = call(
+        reqwest::Method::GET,
+        rig.srv.url("/api/v1/tasks"),
+        &rig.key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        after["tasks"].as_array().unwrap().len(),
+        before["tasks"].as_array().unwrap().len() + 1,
+        "only the failing filter was stored"
+    );
+
+    // An output the runner no longer holds fails the task with a typed error, and the runner
+    // goes on serving.
+    let outputs = rig.dir.join("state");
+    let mut removed = 0;
+    for entry in walk(&outputs) {
+        if entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&filter))
+        {
+            std::fs::remove_file(&entry).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(
+        removed >= 1,
+        "the filter's kept output was under {}",
+        outputs.display()
+    );
+    let (st, t) = rig
+        .create(json!({"operation_code": 100, "params": {"input": {"task_id": filter}}}))
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&rig.srv, &rig.key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "input_not_available", "{done}");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains(outputs.to_str().unwrap()),
+        "path leaked: {message}"
+    );
+    rig.run_ok(json!({"operation_code": 100, "params": {"dataset": "people", "limit": 1}}))
+        .await;
+
+    rig.finish().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn outputs_survive_a_runner_restart_and_a_runner_without_them_says_so() {
+    let dir = temp_dir("restart-outputs");
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let start = |config: RunnerConfig| {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(dap_runner::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, join)
+    };
+    let create = |body: Value| {
+        call(
+            reqwest::Method::POST,
+            srv.url("/api/v1/tasks"),
+            &key,
+            Some(body),
+        )
+    };
+
+    let (stop, join) = start(runner_config(&srv, &token, &csv));
+    wait_runner_online(&srv, &key).await;
+    let (_, t) = create(
+        json!({"operation_code": 200, "params": {"dataset": "people",
+        "where": {"column": "id", "op": "lt", "value": 10}}}),
+    )
+    .await;
+    let first = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &first, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+
+    // Restarted with the same state dir: the output is still there.
+    let (stop, join) = start(runner_config(&srv, &token, &csv));
+    wait_runner_online(&srv, &key).await;
+    let (st, t) = create(json!({"operation_code": 100, "queue": true,
+        "params": {"input": {"task_id": first}}}))
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(res["result_data"]["row_count"], 10, "{res}");
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+
+    // A runner that keeps no outputs reports input_not_available and serves the next task.
+    let mut config = runner_config(&srv, &token, &csv);
+    config.keep_outputs_bytes = 0;
+    let (stop, join) = start(config);
+    wait_runner_online(&srv, &key).await;
+    let (_, t) = create(json!({"operation_code": 100, "queue": true,
+        "params": {"input": {"task_id": first}}}))
+    .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "input_not_available", "{done}");
+    let (_, t) =
+        create(json!({"operation_code": 100, "params": {"dataset": "people", "limit": 1}})).await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CSV of `rows` rows with a string column to scan (about 40 bytes a row).
+fn write_big_csv(path: &Path, rows: u64) {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(w, "id,region,label,amount").unwrap();
+    for i in 0..rows {
+        writeln!(
+            w,
+            "{i},r{},item number {},{}.25",
+            i % 17,
+            i % 1000,
+            i % 9973
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_long_filter_stops_it_within_a_second_and_frees_the_slot() {
+    let rig = rig_with("cancel", |config, dir| {
+        let big = dir.join("big.csv");
+        write_big_csv(&big, 6_000_000);
+        config.slots = 1;
+        config.datasets.push(DatasetSpec {
+            name: "big".into(),
+            path: big,
+            format: DatasetFormat::Csv,
+        });
+    })
+    .await;
+    let runner_id = rig.listed["runner_id"].as_str().unwrap().to_owned();
+    let (st, t) = rig
+        .create(
+            json!({"operation_code": 200, "runner_id": runner_id, "params": {"dataset": "big",
+            "where": {"any": [{"column": "label", "op": "contains", "value": "number 99"},
+                              {"column": "amount", "op": "gt", "value": 9000}]},
+            "sort": [{"column": "amount", "descending": true}]}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    // Let it get into the scan.
+    let running = wait_status(&rig.srv, &rig.key, &id, &["running"], 30).await;
+    assert!(running["progress"].as_u64().unwrap() < 100, "{running}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = std::time::Instant::now();
+    let (st, c) = call(
+        reqwest::Method::POST,
+        rig.srv.url(&format!("/api/v1/tasks/{id}/cancel")),
+        &rig.key,
+        None,
+    )
+    .await;
+    assert!(st == 200 || st == 202, "{st} {c}");
+    // The slot is free once the runner has stopped the operation: a targeted task that must
+    // not be refused as busy.
+    let next = loop {
+        let (st, t) = rig
+            .create(json!({"operation_code": 100, "runner_id": runner_id,
+                           "params": {"dataset": "people", "limit": 1}}))
+            .await;
+        if st == 201 {
+            break t;
+        }
+        assert_eq!(t["error"]["code"], "runner_busy", "{t}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "slot still taken after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let freed = t0.elapsed();
+    let done = wait_status(
+        &rig.srv,
+        &rig.key,
+        &id,
+        &["cancelled", "completed", "failed"],
+        10,
+    )
+    .await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(freed < Duration::from_secs(1), "slot freed after {freed:?}");
+    eprintln!("cancel → slot free: {freed:?}");
+    let next = next["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&rig.srv, &rig.key, &next, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "completed", "{done}");
     rig.finish().await;
 }

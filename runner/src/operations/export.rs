@@ -40,9 +40,10 @@ use serde_json::{json, Map, Value};
 
 use super::filter::{self, FilterParams};
 use super::params::{invalid, shorten_json, Named, Params};
-use super::{check_cancelled, values, Output};
+use super::{check_cancelled, collect_or_cancel, values, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::{columns_of, Catalog};
+use crate::outputs::OutputTable;
 use crate::progress::ProgressReporter;
 
 pub const DEFAULT_PREVIEW_ROWS: u64 = 20;
@@ -55,9 +56,12 @@ const TOP_VALUES: usize = 10;
 const CANCEL_EVERY: usize = 10_000;
 
 /// The params that mean the same as operation 200's and are handed to its parser.
-const FILTER_KEYS: [&str; 6] = ["dataset", "where", "select", "sort", "group_by", "limit"];
-const PARAMS: [&str; 9] = [
+const FILTER_KEYS: [&str; 7] = [
+    "dataset", "input", "where", "select", "sort", "group_by", "limit",
+];
+const PARAMS: [&str; 10] = [
     "dataset",
+    "input",
     "where",
     "select",
     "sort",
@@ -354,7 +358,7 @@ pub fn run(
     scratch: &Scratch,
 ) -> Result<Output, TaskError> {
     let p = ExportParams::parse(params)?;
-    let dataset = catalog.resolve(&p.filter.dataset)?;
+    let dataset = catalog.source(&p.filter.dataset)?;
     let failed = |e: PolarsError| dataset.data_error(&e);
 
     progress.report(10, "reading");
@@ -362,7 +366,7 @@ pub fn run(
     let schema = scan.collect_schema().map_err(failed)?;
     let query = filter::query(&p.filter, scan, &schema, dataset.name())?;
     check_cancelled(progress)?;
-    let mut df = query.collect().map_err(failed)?;
+    let mut df = collect_or_cancel(query, progress)?.map_err(failed)?;
     check_cancelled(progress)?;
 
     progress.report_with_message(
@@ -424,6 +428,7 @@ pub fn run(
     }
     Ok(Output {
         result,
+        table: Some(OutputTable::Frame(df)),
         artifacts: vec![LocalArtifact {
             name: artifact.to_owned(),
             path,

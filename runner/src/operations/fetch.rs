@@ -11,9 +11,9 @@ use dap_protocol::TaskError;
 use polars::prelude::*;
 use serde_json::{json, Value};
 
-use super::params::{invalid, Params};
+use super::params::{invalid, Params, SourceRef};
 use super::{check_cancelled, values};
-use crate::catalog::{columns_of, count_rows, Catalog};
+use crate::catalog::{columns_of, count_rows_or_cancel, Catalog};
 use crate::progress::ProgressReporter;
 
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -22,7 +22,7 @@ pub const MAX_LIMIT: u64 = 10_000;
 /// Validated params of a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchParams {
-    pub dataset: String,
+    pub dataset: SourceRef,
     pub columns: Option<Vec<String>>,
     pub limit: u64,
     pub offset: u64,
@@ -31,9 +31,9 @@ pub struct FetchParams {
 impl FetchParams {
     pub fn parse(value: &Value) -> Result<Self, TaskError> {
         let p = Params::new(value)?;
-        p.deny_unknown(&["dataset", "columns", "limit", "offset"])?;
+        p.deny_unknown(&["dataset", "input", "columns", "limit", "offset"])?;
         Ok(Self {
-            dataset: p.required_str("dataset")?.to_owned(),
+            dataset: SourceRef::parse(&p)?,
             columns: p.string_list("columns")?,
             limit: p.u64_in("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)?,
             // polars slices take an i64 offset.
@@ -49,7 +49,7 @@ pub fn run(
     progress: &ProgressReporter,
 ) -> Result<Value, TaskError> {
     let p = FetchParams::parse(params)?;
-    let dataset = catalog.resolve(&p.dataset)?;
+    let dataset = catalog.source(&p.dataset)?;
 
     progress.report(5, "reading schema");
     let mut lf = dataset.scan()?;
@@ -69,7 +69,8 @@ pub fn run(
     check_cancelled(progress)?;
 
     progress.report(20, "counting rows");
-    let row_count = count_rows(lf.clone()).map_err(|e| dataset.data_error(&e))?;
+    let row_count =
+        count_rows_or_cancel(lf.clone(), progress)?.map_err(|e| dataset.data_error(&e))?;
     check_cancelled(progress)?;
 
     progress.report(60, "reading page");

@@ -39,10 +39,11 @@ use dap_protocol::TaskError;
 use polars::prelude::*;
 use serde_json::{json, Value};
 
-use super::params::{invalid, shorten_json, Named, Params};
-use super::{check_cancelled, values, Output};
+use super::params::{invalid, shorten_json, Named, Params, SourceRef};
+use super::{check_cancelled, collect_or_cancel, values, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
-use crate::catalog::{columns_of, count_rows, Catalog};
+use crate::catalog::{columns_of, count_rows_or_cancel, Catalog};
+use crate::outputs::OutputTable;
 use crate::progress::ProgressReporter;
 
 /// Name of the artifact holding the complete output.
@@ -58,8 +59,9 @@ pub const MAX_IN_VALUES: usize = 10_000;
 /// Most aggregations one `group_by` may compute.
 pub const MAX_AGGREGATIONS: usize = 64;
 
-const PARAMS: [&str; 7] = [
+const PARAMS: [&str; 8] = [
     "dataset",
+    "input",
     "where",
     "select",
     "sort",
@@ -167,7 +169,7 @@ pub struct GroupBy {
 /// Validated params of a filter, as far as they can be checked without the dataset's schema.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterParams {
-    pub dataset: String,
+    pub dataset: SourceRef,
     pub condition: Option<Condition>,
     pub select: Option<Vec<String>>,
     pub sort: Vec<SortKey>,
@@ -193,7 +195,7 @@ impl FilterParams {
             None => None,
         };
         Ok(Self {
-            dataset: p.required_str("dataset")?.to_owned(),
+            dataset: SourceRef::parse(&p)?,
             condition,
             select: p.string_list("select")?,
             sort,
@@ -931,7 +933,7 @@ pub fn run(
     scratch: &Scratch,
 ) -> Result<Output, TaskError> {
     let p = FilterParams::parse(params)?;
-    let dataset = catalog.resolve(&p.dataset)?;
+    let dataset = catalog.source(&p.dataset)?;
     let failed = |e: PolarsError| dataset.data_error(&e);
 
     progress.report(5, "planning");
@@ -941,11 +943,11 @@ pub fn run(
     check_cancelled(progress)?;
 
     progress.report(10, "counting rows");
-    let input_row_count = count_rows(scan.clone()).map_err(failed)?;
+    let input_row_count = count_rows_or_cancel(scan.clone(), progress)?.map_err(failed)?;
     check_cancelled(progress)?;
 
     progress.report(20, "filtering");
-    let matching = plan.matching(scan).collect().map_err(failed)?;
+    let matching = collect_or_cancel(plan.matching(scan), progress)?.map_err(failed)?;
     check_cancelled(progress)?;
     progress.report_with_message(
         60,
@@ -961,7 +963,7 @@ pub fn run(
         "selecting"
     };
     progress.report(70, stage);
-    let mut out = plan.shape(matching.lazy()).collect().map_err(failed)?;
+    let mut out = collect_or_cancel(plan.shape(matching.lazy()), progress)?.map_err(failed)?;
     check_cancelled(progress)?;
 
     progress.report_with_message(
@@ -995,6 +997,7 @@ pub fn run(
     });
     Ok(Output {
         result,
+        table: Some(OutputTable::Frame(out)),
         artifacts: vec![LocalArtifact {
             name: OUTPUT_ARTIFACT.to_owned(),
             path,

@@ -14,11 +14,15 @@ pub mod model;
 pub mod params;
 pub mod values;
 
+use std::time::Duration;
+
 use dap_protocol::{failure, op, TaskError};
+use polars::prelude::{DataFrame, LazyFrame, PolarsResult};
 use serde_json::{json, Value};
 
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::Catalog;
+use crate::outputs::OutputTable;
 use crate::progress::ProgressReporter;
 
 /// What an operation produced: the result JSON (sent inline with `completed`) and files to
@@ -28,6 +32,8 @@ use crate::progress::ProgressReporter;
 pub struct Output {
     pub result: Value,
     pub artifacts: Vec<LocalArtifact>,
+    /// The table this task produced, kept on the runner for later tasks' `params.input`.
+    pub table: Option<OutputTable>,
 }
 
 impl Output {
@@ -36,6 +42,7 @@ impl Output {
         Self {
             result,
             artifacts: Vec::new(),
+            table: None,
         }
     }
 }
@@ -54,7 +61,18 @@ pub fn run(
 ) -> Result<Output, TaskError> {
     match code {
         op::NOOP => Ok(Output::inline(noop())),
-        op::FETCH => fetch::run(params, catalog, progress).map(Output::inline),
+        op::FETCH => {
+            let result = fetch::run(params, catalog, progress)?;
+            // A fetch's output is its input (the columns it asked for), read again when used.
+            let p = fetch::FetchParams::parse(params)?;
+            Ok(Output {
+                table: Some(OutputTable::View {
+                    source: p.dataset,
+                    columns: p.columns,
+                }),
+                ..Output::inline(result)
+            })
+        }
         op::FILTER => filter::run(params, catalog, progress, scratch),
         op::EXPORT => export::run(params, catalog, progress, scratch),
         op::MODEL => model::run(params, catalog, progress, scratch),
@@ -73,6 +91,44 @@ pub fn noop() -> Value {
 /// The failure a cancelled task ends with.
 pub fn cancelled() -> TaskError {
     TaskError::new(failure::CANCELLED, "the task was cancelled")
+}
+
+/// Run a polars query, giving up as soon as the task is cancelled: the query runs on polars'
+/// pool and this thread watches the cancel flag, so a cancel returns `Err(cancelled)` within a
+/// few milliseconds even in the middle of a long scan (the abandoned query is told to stop and
+/// does so at its next operator boundary). The inner result is the query's own outcome.
+pub fn collect_or_cancel(
+    lf: LazyFrame,
+    progress: &ProgressReporter,
+) -> Result<PolarsResult<DataFrame>, TaskError> {
+    check_cancelled(progress)?;
+    let query = match lf.collect_concurrently() {
+        Ok(q) => q,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut wait = Duration::from_micros(200);
+    loop {
+        if let Some(result) = query.fetch() {
+            return Ok(result);
+        }
+        if progress.is_cancelled() {
+            query.cancel();
+            // The query sends its outcome from polars' pool with `unwrap()`: its receiver must
+            // outlive it, or the pool thread panics and rayon aborts the process. A detached
+            // thread waits for the (soon stopped) query and drops the outcome.
+            let waiter = query.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dap-cancelled-query".into())
+                .spawn(move || drop(waiter.fetch_blocking()));
+            if spawned.is_err() {
+                // No thread to hand it to: wait here rather than risk the abort.
+                drop(query.fetch_blocking());
+            }
+            return Err(cancelled());
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// Return early with `cancelled` if the task was cancelled; operations call this between steps.
@@ -102,6 +158,53 @@ mod tests {
         let e = run(150, &json!({}), &cat, &p, &s).unwrap_err();
         assert_eq!(e.code, failure::UNSUPPORTED_OPERATION);
         assert!(e.message.contains("150"), "{}", e.message);
+    }
+
+    #[test]
+    fn collect_or_cancel_returns_at_once_and_the_abandoned_query_ends_quietly() {
+        use polars::prelude::*;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let n = 3_000_000i64;
+        let df = df!("a" => (0..n).map(|i| (i * 7919) % 1_000_003).collect::<Vec<i64>>()).unwrap();
+        let slow = || {
+            df.clone()
+                .lazy()
+                .sort(["a"], Default::default())
+                .with_column((col("a") * lit(2)).alias("b"))
+                .sort(
+                    ["b"],
+                    SortMultipleOptions::default().with_order_descending(true),
+                )
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        let progress =
+            ProgressReporter::new(tokio::sync::mpsc::unbounded_channel().0, flag.clone());
+        // Uncancelled, it runs to the end.
+        let full = collect_or_cancel(slow(), &progress).unwrap().unwrap();
+        assert_eq!(full.height(), n as usize);
+
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            f.store(true, Ordering::Relaxed);
+        });
+        let t0 = std::time::Instant::now();
+        let e = collect_or_cancel(slow(), &progress).unwrap_err();
+        assert_eq!(e.code, failure::CANCELLED);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // The abandoned query finishes on polars' pool while this process lives on: it must
+        // not panic there (rayon would abort the whole runner).
+        std::thread::sleep(Duration::from_secs(2));
+        let again = collect_or_cancel(
+            df.clone().lazy().select([len()]),
+            &ProgressReporter::discard(),
+        );
+        assert!(again.unwrap().is_ok());
     }
 
     #[test]

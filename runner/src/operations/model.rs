@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use dap_protocol::{failure, TaskError};
+use dap_protocol::{failure, DatasetFormat, TaskError};
 use linfa::prelude::*;
 use linfa::DatasetBase;
 use linfa_clustering::KMeans;
@@ -58,10 +58,11 @@ use rand::SeedableRng;
 use rand_xoshiro::{Xoshiro256Plus, Xoshiro256PlusPlus};
 use serde_json::{json, Map, Value};
 
-use super::params::{invalid, shorten_json, Named, Params};
+use super::params::{invalid, shorten_json, Named, Params, SourceRef};
 use super::{check_cancelled, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
 use crate::catalog::Catalog;
+use crate::outputs::OutputTable;
 use crate::progress::ProgressReporter;
 
 /// Name of the artifact holding the predictions.
@@ -82,8 +83,9 @@ pub const KMEANS_RUNS: u64 = 10;
 pub const DEFAULT_KMEANS_ITERATIONS: u64 = 300;
 pub const DEFAULT_LOGISTIC_ITERATIONS: u64 = 100;
 
-const PARAMS: [&str; 9] = [
+const PARAMS: [&str; 10] = [
     "dataset",
+    "input",
     "model",
     "features",
     "target",
@@ -123,7 +125,7 @@ impl ModelKind {
 /// Validated params, as far as they can be checked without the dataset's schema.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelParams {
-    pub dataset: String,
+    pub dataset: SourceRef,
     pub model: ModelKind,
     pub features: Vec<String>,
     pub target: Option<String>,
@@ -138,7 +140,7 @@ impl ModelParams {
     pub fn parse(value: &Value) -> Result<Self, TaskError> {
         let p = Params::new(value)?;
         p.deny_unknown(&PARAMS)?;
-        let dataset = p.required_str("dataset")?.to_owned();
+        let dataset = SourceRef::parse(&p)?;
         let model_name = p.required_str("model")?;
         let model = ModelKind::parse(model_name).ok_or_else(|| {
             invalid(format!(
@@ -481,7 +483,7 @@ pub fn run(
     scratch: &Scratch,
 ) -> Result<Output, TaskError> {
     let p = ModelParams::parse(params)?;
-    let dataset = catalog.resolve(&p.dataset)?;
+    let dataset = catalog.source(&p.dataset)?;
     let failed = |e: PolarsError| dataset.data_error(&e);
 
     progress.report(10, "loading");
@@ -536,6 +538,10 @@ pub fn run(
     });
     Ok(Output {
         result,
+        table: Some(OutputTable::File {
+            path: path.clone(),
+            format: DatasetFormat::Csv,
+        }),
         artifacts: vec![LocalArtifact {
             name: PREDICTIONS_ARTIFACT.to_owned(),
             path,

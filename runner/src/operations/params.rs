@@ -191,6 +191,75 @@ impl<'a> Params<'a> {
     }
 }
 
+/// Where an operation reads its table from: a declared dataset (`params.dataset`) or the kept
+/// output of an earlier task on this runner (`params.input = {"task_id": …}`), exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRef {
+    Dataset(String),
+    Task(String),
+}
+
+/// Longest task id accepted in `params.input.task_id` (server ids are 36-character UUIDs).
+const MAX_TASK_ID_LEN: usize = 64;
+
+impl SourceRef {
+    /// Read `dataset` / `input` from an operation's params.
+    pub fn parse(p: &Params<'_>) -> Result<Self, TaskError> {
+        let Some(input) = p.value("input") else {
+            return p
+                .required_str("dataset")
+                .map(|d| SourceRef::Dataset(d.to_owned()))
+                .map_err(|e| {
+                    if p.value("dataset").is_none() {
+                        invalid(
+                            "params.dataset is required (the name of a declared dataset), \
+                             or params.input = {\"task_id\": …} to read an earlier task's output",
+                        )
+                    } else {
+                        e
+                    }
+                });
+        };
+        if p.value("dataset").is_some() {
+            return Err(invalid(
+                "params.dataset and params.input are exclusive: give one of them",
+            ));
+        }
+        let input = Params::at(input, "params.input")?;
+        input.deny_unknown(&["task_id"])?;
+        let id = input.required_str("task_id")?;
+        if id.is_empty()
+            || id.len() > MAX_TASK_ID_LEN
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(TaskError::new(
+                failure::PATH_NOT_ALLOWED,
+                format!(
+                    "params.input.task_id must be a task id (letters, digits and `-`), got {}",
+                    shorten_json(&Value::from(id))
+                ),
+            ));
+        }
+        Ok(SourceRef::Task(id.to_owned()))
+    }
+
+    /// How messages and results name it: the dataset's name, or `task:<id>` (dataset names
+    /// cannot contain `:`, so the two never collide).
+    pub fn label(&self) -> String {
+        match self {
+            SourceRef::Dataset(name) => name.clone(),
+            SourceRef::Task(id) => format!("task:{id}"),
+        }
+    }
+}
+
+impl From<&str> for SourceRef {
+    fn from(name: &str) -> Self {
+        SourceRef::Dataset(name.to_owned())
+    }
+}
+
 /// A JSON value for a message: its text, cut short so a huge value does not flood the error.
 pub fn shorten_json(v: &Value) -> String {
     const MAX: usize = 80;
@@ -207,6 +276,37 @@ pub fn shorten_json(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_source_is_a_dataset_or_an_earlier_task_never_both_never_a_path() {
+        let parse = |v: Value| SourceRef::parse(&Params::new(&v).unwrap());
+        assert_eq!(
+            parse(json!({"dataset": "sales"})).unwrap(),
+            SourceRef::Dataset("sales".into())
+        );
+        let id = "0192f0e2-aaaa-7bbb-8ccc-0123456789ab";
+        let t = parse(json!({"input": {"task_id": id}})).unwrap();
+        assert_eq!(t, SourceRef::Task(id.into()));
+        assert_eq!(t.label(), format!("task:{id}"));
+        let e = parse(json!({})).unwrap_err();
+        assert!(e.message.contains("params.dataset") && e.message.contains("params.input"));
+        let e = parse(json!({"dataset": "a", "input": {"task_id": id}})).unwrap_err();
+        assert!(e.message.contains("exclusive"), "{}", e.message);
+        for bad in [
+            json!("x"),
+            json!({}),
+            json!({"task_id": 5}),
+            json!({"task_id": id, "x": 1}),
+        ] {
+            let e = parse(json!({ "input": bad })).unwrap_err();
+            assert_eq!(e.code, failure::INVALID_PARAMS, "{bad}: {e:?}");
+            assert!(e.message.contains("params.input"), "{}", e.message);
+        }
+        for bad in ["../etc/passwd", "/tmp/x", "a b", "", &"x".repeat(65)] {
+            let e = parse(json!({"input": {"task_id": bad}})).unwrap_err();
+            assert_eq!(e.code, failure::PATH_NOT_ALLOWED, "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn shapes() {

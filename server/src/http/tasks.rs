@@ -94,8 +94,16 @@ pub fn validate_dataset_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Returns the operation code, the params object and its serialised form.
-fn validate(req: &CreateTask) -> Result<(u16, Value, String), ApiError> {
+/// A create request after validation.
+struct Validated {
+    code: u16,
+    params: Value,
+    params_json: String,
+    /// `params.input.task_id`: the earlier task whose output this one reads (a pipeline step).
+    input: Option<String>,
+}
+
+fn validate(req: &CreateTask) -> Result<Validated, ApiError> {
     let code = u16::try_from(req.operation_code)
         .ok()
         .filter(|c| op::is_known(*c))
@@ -126,7 +134,14 @@ fn validate(req: &CreateTask) -> Result<(u16, Value, String), ApiError> {
             format!("params is larger than {MAX_PARAMS_BYTES} bytes"),
         ));
     }
+    let input = input_of(&params)?;
     match params.get("dataset") {
+        Some(_) if input.is_some() => {
+            return Err(ApiError::unprocessable(
+                "invalid_params",
+                "params.dataset and params.input are exclusive: give one of them",
+            ))
+        }
         Some(Value::String(name)) => validate_dataset_name(name)?,
         Some(_) => {
             return Err(ApiError::unprocessable(
@@ -134,11 +149,12 @@ fn validate(req: &CreateTask) -> Result<(u16, Value, String), ApiError> {
                 "params.dataset must be a string",
             ))
         }
-        None if code != op::NOOP => {
+        None if code != op::NOOP && input.is_none() => {
             return Err(ApiError::unprocessable(
                 "missing_dataset",
                 format!(
-                    "operation {code} ({}) needs params.dataset: the name of a dataset a runner declares",
+                    "operation {code} ({}) needs params.dataset (the name of a dataset a runner \
+                     declares) or params.input = {{\"task_id\": …}} (an earlier task's output)",
                     op::name(code)
                 ),
             ))
@@ -153,7 +169,79 @@ fn validate(req: &CreateTask) -> Result<(u16, Value, String), ApiError> {
             ));
         }
     }
-    Ok((code, params, params_json))
+    Ok(Validated {
+        code,
+        params,
+        params_json,
+        input,
+    })
+}
+
+/// `params.input.task_id`, checked for shape: an object with exactly a task id.
+fn input_of(params: &Value) -> Result<Option<String>, ApiError> {
+    let Some(input) = params.get("input").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::unprocessable(
+            "invalid_params",
+            "params.input must be {\"task_id\": \"<id of a completed task>\"}",
+        )
+    };
+    let obj = input.as_object().ok_or_else(bad)?;
+    if obj.len() != 1 {
+        return Err(bad());
+    }
+    match obj.get("task_id") {
+        Some(Value::String(id))
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            Ok(Some(id.clone()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The runner a pipeline step must run on: the one that ran (and keeps the output of) its
+/// input task, which must have completed.
+async fn input_runner(
+    s: &AppState,
+    input: &str,
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let task = s.store.get_task(input).await?.ok_or_else(|| {
+        ApiError::unprocessable(
+            "unknown_input",
+            format!("params.input.task_id: there is no task {input}"),
+        )
+    })?;
+    if task.status != TaskStatus::Completed {
+        return Err(ApiError::conflict(
+            "input_not_ready",
+            format!(
+                "params.input.task_id: task {input} is {}; a pipeline step reads a completed task's output",
+                task.status.as_str()
+            ),
+        ));
+    }
+    let runner = task.runner_id.ok_or_else(|| {
+        ApiError::unprocessable(
+            "unknown_input",
+            format!("params.input.task_id: task {input} has no runner"),
+        )
+    })?;
+    if let Some(r) = requested.filter(|r| *r != runner) {
+        return Err(ApiError::unprocessable(
+            "input_on_other_runner",
+            format!(
+                "params.input.task_id: the output of task {input} is kept on runner {runner}, \
+                 not on runner {r}; omit runner_id or use {runner}"
+            ),
+        ));
+    }
+    Ok(runner)
 }
 
 async fn create(
@@ -162,20 +250,30 @@ async fn create(
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Write)?;
-    let (code, params, params_json) = validate(&req)?;
+    let Validated {
+        code,
+        params,
+        params_json,
+        input,
+    } = validate(&req)?;
+    // A pipeline step is pinned to the runner that holds its input, like a targeted task.
+    let target = match &input {
+        Some(input) => Some(input_runner(&s, input, req.runner_id.as_deref()).await?),
+        None => req.runner_id.clone(),
+    };
     let task_id = uuid::Uuid::now_v7().to_string();
     let queued = QueuedTask {
         task_id: task_id.clone(),
         operation_code: code,
         dataset: dataset_of(&params),
         params: std::sync::Arc::new(params),
-        target: req.runner_id.clone(),
+        target: target.clone(),
         attempt: 0,
     };
     let assign_to = match s.dispatcher.reserve_new(&queued) {
         Ok(r) => r,
         Err(Refusal::Busy { name, running }) if !req.queue => {
-            let target = req.runner_id.as_deref().unwrap_or_default();
+            let target = target.as_deref().unwrap_or_default();
             return Err(ApiError::Conflict {
                 code: "runner_busy",
                 message: format!(
@@ -187,7 +285,7 @@ async fn create(
         }
         Err(Refusal::Busy { .. }) => None,
         Err(Refusal::Offline) => {
-            let target = req.runner_id.as_deref().unwrap_or_default();
+            let target = target.as_deref().unwrap_or_default();
             match s.store.get_runner(target).await? {
                 Some(r) if r.revoked_at.is_none() => {
                     if !req.queue {
@@ -213,7 +311,7 @@ async fn create(
                 "unsupported_operation",
                 format!(
                     "runner {} does not support operation {code}",
-                    req.runner_id.as_deref().unwrap_or_default()
+                    target.as_deref().unwrap_or_default()
                 ),
             ))
         }
@@ -222,7 +320,7 @@ async fn create(
                 "unknown_dataset",
                 format!(
                     "runner {} does not declare a dataset named {d:?}",
-                    req.runner_id.as_deref().unwrap_or_default()
+                    target.as_deref().unwrap_or_default()
                 ),
             ))
         }
@@ -232,7 +330,7 @@ async fn create(
         id: task_id.clone(),
         operation_code: code,
         params_json,
-        target_runner_id: req.runner_id.clone(),
+        target_runner_id: target.clone(),
         assign_to: assign_to.clone(),
     };
     if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
