@@ -173,6 +173,28 @@ class DAP_Client {
 	}
 
 	/**
+	 * `GET /api/v1/tasks/{id}/artifacts/{name}` with the API key: the artifact's bytes.
+	 *
+	 * @param string $task_id   Task id.
+	 * @param string $name      Artifact name.
+	 * @param int    $max_bytes Refuse larger artifacts (`dap_artifact_too_large`).
+	 * @return array|WP_Error `{body, content_type}`.
+	 */
+	public function get_artifact( $task_id, $name, $max_bytes = 20971520 ) {
+		$res = $this->request( 'GET', '/api/v1/tasks/' . rawurlencode( $task_id ) . '/artifacts/' . rawurlencode( $name ), array(), null, false );
+		if ( is_wp_error( $res ) ) {
+			return $res;
+		}
+		if ( strlen( $res['body'] ) > $max_bytes ) {
+			return new WP_Error( 'dap_artifact_too_large', __( 'The artifact is too large to show here; download it instead.', 'distributed-data-analysis' ), array( 'status' => 502 ) );
+		}
+		return array(
+			'body'         => $res['body'],
+			'content_type' => $res['content_type'],
+		);
+	}
+
+	/**
 	 * `GET /api/v1/runners`.
 	 *
 	 * @return array|WP_Error `{runners}`.
@@ -208,7 +230,7 @@ class DAP_Client {
 	 * @param string     $path   Path below the base URL.
 	 * @param array      $query  Query arguments.
 	 * @param mixed|null $body   JSON body (null: none).
-	 * @param bool       $json   Decode the response as JSON (false: return `{status, body}`).
+	 * @param bool       $json   Decode the response as JSON (false: return `{status, body, content_type}`).
 	 * @return array|WP_Error
 	 */
 	public function request( $method, $path, array $query = array(), $body = null, $json = true ) {
@@ -291,8 +313,9 @@ class DAP_Client {
 
 		if ( ! $json ) {
 			return array(
-				'status' => $status,
-				'body'   => $raw,
+				'status'       => $status,
+				'body'         => $raw,
+				'content_type' => (string) wp_remote_retrieve_header( $response, 'content-type' ),
 			);
 		}
 		$decoded = json_decode( $raw, true );
