@@ -775,11 +775,16 @@ class DAP_Admin {
 			case 'runner_busy':
 				$runner_id = (string) ( $details['runner_id'] ?? '' );
 				$running   = implode( ', ', array_map( 'strval', (array) ( $details['running_tasks'] ?? array() ) ) );
+				if ( '' === $runner_id || '' === $running ) {
+					// No details to name the runner and its task: the server's own sentence says it.
+					/* translators: %s: server message */
+					return sprintf( __( 'The runner is busy: %s', 'distributed-data-analysis' ), $error->get_error_message() );
+				}
 				return sprintf(
 					/* translators: 1: runner name, 2: task id(s) */
 					__( 'Runner %1$s is busy with task %2$s. Choose another runner or tick “Queue if the runner is busy”.', 'distributed-data-analysis' ),
 					self::runner_name( $runner_id ),
-					'' !== $running ? $running : '?'
+					$running
 				);
 			case 'runner_offline':
 				/* translators: %s: server message */

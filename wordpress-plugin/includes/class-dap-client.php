@@ -10,8 +10,8 @@ defined( 'ABSPATH' ) || exit;
 /**
  * Talks to dap-server's `/api/v1` with `wp_remote_request()`. Every method returns the decoded
  * JSON body or a WP_Error:
- * - 4xx with the server's typed body `{"error":{"code","message"}}` → that code and message,
- *   with `status` (and `details` when present) in the error data;
+ * - 4xx with the server's typed body `{"error":{"code","message",…}}` → that code and message,
+ *   with `status` (and `details`: the error's other fields, when present) in the error data;
  * - 5xx → `dap_server_error`;
  * - timeout / connection refused / DNS → `dap_unreachable`;
  * - no server configured → `dap_not_configured`.
@@ -292,8 +292,14 @@ class DAP_Client {
 			$decoded = json_decode( $raw, true );
 			if ( is_array( $decoded ) && isset( $decoded['error']['code'], $decoded['error']['message'] ) && is_string( $decoded['error']['code'] ) ) {
 				$data = array( 'status' => $status );
-				if ( isset( $decoded['error']['details'] ) ) {
-					$data['details'] = $decoded['error']['details'];
+				// dap-server puts an error's details next to code and message
+				// (`{"error":{"code","message","runner_id","running_tasks"}}`); a nested
+				// `details` object is accepted too.
+				$details = isset( $decoded['error']['details'] ) && is_array( $decoded['error']['details'] )
+					? $decoded['error']['details']
+					: array_diff_key( $decoded['error'], array_flip( array( 'code', 'message' ) ) );
+				if ( $details ) {
+					$data['details'] = $details;
 				}
 				return new WP_Error( $decoded['error']['code'], (string) $decoded['error']['message'], $data );
 			}

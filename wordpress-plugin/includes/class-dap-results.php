@@ -163,7 +163,7 @@ class DAP_Results {
 		if ( isset( $parameters['coefficients'] ) && is_array( $parameters['coefficients'] ) ) {
 			echo '<h3>' . esc_html__( 'Coefficients', 'distributed-data-analysis' ) . '</h3>';
 			$rows = array();
-			foreach ( $parameters['coefficients'] as $feature => $weight ) {
+			foreach ( self::in_feature_order( $parameters['coefficients'], $data ) as $feature => $weight ) {
 				$rows[] = array( (string) $feature, self::number( $weight ) );
 			}
 			if ( array_key_exists( 'intercept', $parameters ) ) {
@@ -189,7 +189,7 @@ class DAP_Results {
 		if ( isset( $parameters['feature_importances'] ) && is_array( $parameters['feature_importances'] ) ) {
 			echo '<h3>' . esc_html__( 'Feature importances', 'distributed-data-analysis' ) . '</h3>';
 			$rows = array();
-			foreach ( $parameters['feature_importances'] as $feature => $importance ) {
+			foreach ( self::in_feature_order( $parameters['feature_importances'], $data ) as $feature => $importance ) {
 				$rows[] = array( (string) $feature, self::number( $importance ) );
 			}
 			self::table( 'dap-importances', array( __( 'Feature', 'distributed-data-analysis' ), __( 'Importance', 'distributed-data-analysis' ) ), $rows, true );
@@ -277,6 +277,24 @@ class DAP_Results {
 			printf( '<li><a href="%1$s" data-dap-artifact="%2$s">%3$s</a> (%4$s)</li>', esc_url( self::artifact_link( $task_id, $name ) ), esc_attr( $name ), esc_html( $name ), esc_html( size_format( (int) ( $artifact['size'] ?? 0 ) ) ) );
 		}
 		echo '</ul>';
+	}
+
+	/**
+	 * A feature => value map in the order of the result's `features` (the server's JSON sorts
+	 * object keys), with any other keys after them.
+	 *
+	 * @param array $map  Feature => value.
+	 * @param array $data result_data.
+	 * @return array
+	 */
+	private static function in_feature_order( array $map, array $data ) {
+		$ordered = array();
+		foreach ( (array) ( $data['features'] ?? array() ) as $feature ) {
+			if ( is_scalar( $feature ) && array_key_exists( (string) $feature, $map ) ) {
+				$ordered[ (string) $feature ] = $map[ (string) $feature ];
+			}
+		}
+		return $ordered + $map;
 	}
 
 	/**

@@ -22,7 +22,8 @@ function reply( $status, $data ) {
 function typed( $status, $code, $message, $details = null ) {
 	$error = array( 'code' => $code, 'message' => $message );
 	if ( null !== $details ) {
-		$error['details'] = $details;
+		// Like dap-server: the details sit next to code and message.
+		$error = array_merge( $error, $details );
 	}
 	reply( $status, array( 'error' => $error ) );
 }
