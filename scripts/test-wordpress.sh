@@ -13,6 +13,7 @@ PLUGIN="$ROOT/wordpress-plugin"
 START=$(date +%s)
 
 # DAP_WP_SKIP_BROWSER=1 skips the headless-Chromium test (and the dap-server/dap-runner build).
+# DAP_WP_BIN=<dir> takes dap-server and dap-runner from <dir> instead of building them.
 BROWSER=1
 [[ "${DAP_WP_SKIP_BROWSER:-0}" == 1 ]] && BROWSER=0
 pkgs=(wordpress php-cli php-mysql mariadb-server phpunit curl)
@@ -131,9 +132,13 @@ fi
 
 if ((BROWSER)); then
   echo "== browser: headless Chromium, real dap-server + dap-runner"
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dap-target}"
-  (cd "$ROOT" && cargo build -q -p dap-server -p dap-runner)
-  BIN="$CARGO_TARGET_DIR/debug"
+  if [[ -n "${DAP_WP_BIN:-}" ]]; then
+    BIN="$DAP_WP_BIN"
+  else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dap-target}"
+    (cd "$ROOT" && cargo build -q -p dap-server -p dap-runner)
+    BIN="$CARGO_TARGET_DIR/debug"
+  fi
   # playwright-core drives /usr/bin/chromium; it is cached outside the clone (no browser download).
   NODE_CACHE="${DAP_WP_NODE_CACHE:-$HOME/.cache/dap-wp-browser}"
   if [[ ! -f "$NODE_CACHE/node_modules/playwright-core/package.json" ]]; then
@@ -154,6 +159,8 @@ if ((BROWSER)); then
   WP_URL="http://127.0.0.1:$WP_PORT"
   KEY=$("$BIN/dap-server" apikey create --name wordpress --scope admin --data-dir "$T/dap")
   RUNNER_TOKEN=$("$BIN/dap-server" runner create --name laptop --data-dir "$T/dap")
+  # A second 1-slot runner that the browser test keeps busy with a long task (busy refusal).
+  SLOW_TOKEN=$("$BIN/dap-server" runner create --name slowpoke --data-dir "$T/dap")
   DAP_LOG=warn "$BIN/dap-server" serve --listen "127.0.0.1:$DAP_PORT" --data-dir "$T/dap" \
     --cors-origin "$WP_URL" >"$T/dap-server.log" 2>&1 &
   PIDS+=($!)
@@ -161,8 +168,11 @@ if ((BROWSER)); then
   DAP_RUNNER_TOKEN="$RUNNER_TOKEN" "$BIN/dap-runner" --server "$DAP_URL" --name laptop --slots 1 \
     --dataset "sales=$T/sales.csv" >"$T/dap-runner.log" 2>&1 &
   PIDS+=($!)
+  DAP_RUNNER_TOKEN="$SLOW_TOKEN" "$BIN/dap-runner" --server "$DAP_URL" --name slowpoke --slots 1 \
+    --dataset "sales=$T/sales.csv" >"$T/dap-runner-slowpoke.log" 2>&1 &
+  PIDS+=($!)
   for _ in $(seq 1 100); do
-    curl -fs -H "Authorization: Bearer $KEY" "$DAP_URL/api/v1/runners" | grep -q '"state":"idle"' && break
+    (( $(curl -fs -H "Authorization: Bearer $KEY" "$DAP_URL/api/v1/runners" | grep -o '"state":"idle"' | wc -l) == 2 )) && break
     sleep 0.1
   done
 
@@ -173,15 +183,16 @@ if ((BROWSER)); then
 
   mkdir -p "$ROOT/target"
   brc=0
-  WP_URL="$WP_URL" DAP_KEY="$KEY" SCREENSHOT_DIR="$ROOT/target" \
+  WP_URL="$WP_URL" DAP_URL="$DAP_URL" DAP_KEY="$KEY" SCREENSHOT_DIR="$ROOT/target" \
     PLAYWRIGHT_CORE="$NODE_CACHE/node_modules/playwright-core" \
-    timeout 120 node "$PLUGIN/tests/browser/live-progress.cjs" || brc=$?
+    timeout 300 node "$PLUGIN/tests/browser/live-progress.cjs" || brc=$?
   if ((brc != 0)); then
     echo "-- dap-server log"; tail -n 30 "$T/dap-server.log"
     echo "-- dap-runner log"; tail -n 30 "$T/dap-runner.log"
+    echo "-- dap-runner (slowpoke) log"; tail -n 30 "$T/dap-runner-slowpoke.log"
     exit "$brc"
   fi
-  echo "screenshots: target/wordpress-live-progress.png target/wordpress-result-view.png"
+  echo "screenshots: target/wordpress-live-progress.png target/wordpress-result-view.png target/wordpress-model-metrics.png target/wordpress-report.png target/wordpress-runner-busy.png"
 fi
 
 echo "== uninstall"

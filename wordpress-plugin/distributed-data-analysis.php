@@ -26,6 +26,10 @@ require_once DAP_PLUGIN_DIR . 'includes/class-dap-client.php';
 require_once DAP_PLUGIN_DIR . 'includes/class-dap-notices.php';
 require_once DAP_PLUGIN_DIR . 'includes/class-dap-webhook.php';
 require_once DAP_PLUGIN_DIR . 'includes/class-dap-rest.php';
+require_once DAP_PLUGIN_DIR . 'includes/class-dap-task-form.php';
+require_once DAP_PLUGIN_DIR . 'includes/class-dap-new-task-page.php';
+require_once DAP_PLUGIN_DIR . 'includes/class-dap-results.php';
+require_once DAP_PLUGIN_DIR . 'includes/class-dap-roles.php';
 require_once DAP_PLUGIN_DIR . 'includes/class-dap-admin.php';
 require_once DAP_PLUGIN_DIR . 'includes/class-dap-plugin.php';
 

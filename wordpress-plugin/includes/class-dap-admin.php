@@ -87,6 +87,9 @@ class DAP_Admin {
 		}
 		wp_enqueue_script( 'dap-live', DAP_PLUGIN_URL . 'assets/js/dap-live.js', array(), DAP_PLUGIN_VERSION, true );
 		wp_localize_script( 'dap-live', 'dapLive', self::live_script_config() );
+		if ( ( $this->hooks['new'] ?? null ) === $hook_suffix ) {
+			wp_enqueue_script( 'dap-task-form', DAP_PLUGIN_URL . 'assets/js/dap-task-form.js', array(), DAP_PLUGIN_VERSION, true );
+		}
 	}
 
 	/**
@@ -144,7 +147,9 @@ class DAP_Admin {
 		echo '</form>';
 		echo '<h2>' . esc_html__( 'Connection', 'distributed-data-analysis' ) . '</h2>';
 		echo '<p><button type="button" class="button" id="dap-test-connection">' . esc_html__( 'Test connection', 'distributed-data-analysis' ) . '</button></p>';
-		echo '<div id="dap-test-result" aria-live="polite"></div></div>';
+		echo '<div id="dap-test-result" aria-live="polite"></div>';
+		DAP_Roles::render_form();
+		echo '</div>';
 	}
 
 	/**
@@ -356,25 +361,19 @@ class DAP_Admin {
 			return;
 		}
 		$data = isset( $result['result_data'] ) && is_array( $result['result_data'] ) ? $result['result_data'] : array();
-		self::render_chart( $data );
-		$rpage = isset( $_GET['rpage'] ) ? absint( $_GET['rpage'] ) : 1; // phpcs:ignore WordPress.Security.NonceVerification.Recommended -- read-only paging.
-		self::render_result_table( $data, $rpage );
-
-		$artifacts = $client->list_artifacts( $task_id );
-		$list      = ! is_wp_error( $artifacts ) && isset( $artifacts['artifacts'] ) && is_array( $artifacts['artifacts'] ) ? $artifacts['artifacts'] : array();
-		if ( $list ) {
-			echo '<h2>' . esc_html__( 'Artifacts', 'distributed-data-analysis' ) . '</h2><ul class="dap-artifacts">';
-			foreach ( $list as $artifact ) {
-				$name = (string) ( $artifact['name'] ?? '' );
-				$url  = $client->artifact_url( $task_id, $name );
-				if ( is_wp_error( $url ) ) {
-					echo '<li>' . esc_html( $name ) . ' — ' . esc_html( $url->get_error_message() ) . '</li>';
-					continue;
-				}
-				printf( '<li><a href="%1$s">%2$s</a> (%3$s)</li>', esc_url( $url ), esc_html( $name ), esc_html( size_format( (int) ( $artifact['size'] ?? 0 ) ) ) );
-			}
-			echo '</ul>';
+		if ( isset( $data['rows'] ) && is_array( $data['rows'] ) ) {
+			self::render_chart( $data );
+			$rpage = isset( $_GET['rpage'] ) ? absint( $_GET['rpage'] ) : 1; // phpcs:ignore WordPress.Security.NonceVerification.Recommended -- read-only paging.
+			self::render_result_table( $data, $rpage );
 		}
+		// The result endpoint lists the artifacts; older servers only answer the list endpoint.
+		if ( isset( $result['artifacts'] ) && is_array( $result['artifacts'] ) ) {
+			$list = $result['artifacts'];
+		} else {
+			$artifacts = $client->list_artifacts( $task_id );
+			$list      = ! is_wp_error( $artifacts ) && isset( $artifacts['artifacts'] ) && is_array( $artifacts['artifacts'] ) ? $artifacts['artifacts'] : array();
+		}
+		DAP_Results::render( $task_id, (int) ( $task['operation_code'] ?? $result['operation_code'] ?? 0 ), $data, $list );
 		echo '</div>';
 	}
 
@@ -516,72 +515,17 @@ class DAP_Admin {
 	}
 
 	/**
-	 * New task form: operation, dataset (from what runners advertise), optional runner.
+	 * New task form (DAP_New_Task_Page renders it).
 	 */
 	public function render_new_task_page() {
 		if ( ! current_user_can( DAP_Capabilities::CREATE_TASKS ) ) {
 			wp_die( esc_html__( 'You are not allowed to create Data Analysis tasks.', 'distributed-data-analysis' ), 403 );
 		}
-		echo '<div class="wrap"><h1>' . esc_html__( 'New task', 'distributed-data-analysis' ) . '</h1>';
-		$this->render_flash();
-		$client   = DAP_Client::from_settings();
-		$datasets = $client->list_datasets();
-		if ( is_wp_error( $datasets ) ) {
-			self::print_error( $datasets );
-			echo '</div>';
-			return;
-		}
-		$runners = $client->list_runners();
-		$runners = is_wp_error( $runners ) ? array() : (array) ( $runners['runners'] ?? array() );
-		$sets    = (array) ( $datasets['datasets'] ?? array() );
-		if ( ! $sets ) {
-			echo '<div class="notice notice-warning inline"><p>' . esc_html__( 'No runner advertises a dataset yet. Start a dap-runner with --dataset name=path.', 'distributed-data-analysis' ) . '</p></div>';
-		}
-
-		echo '<form method="post" action="' . esc_url( admin_url( 'admin-post.php' ) ) . '" class="dap-new-task">';
-		echo '<input type="hidden" name="action" value="dap_create_task" />';
-		wp_nonce_field( 'dap_create_task' );
-		echo '<table class="form-table" role="presentation"><tbody>';
-
-		echo '<tr><th scope="row"><label for="dap-operation">' . esc_html__( 'Operation', 'distributed-data-analysis' ) . '</label></th><td><select name="operation_code" id="dap-operation">';
-		echo '<option value="100">' . esc_html__( '100 — fetch raw data', 'distributed-data-analysis' ) . '</option>';
-		echo '<option value="200">' . esc_html__( '200 — filter data', 'distributed-data-analysis' ) . '</option>';
-		echo '</select></td></tr>';
-
-		echo '<tr><th scope="row"><label for="dap-dataset">' . esc_html__( 'Dataset', 'distributed-data-analysis' ) . '</label></th><td><select name="dataset" id="dap-dataset" required>';
-		foreach ( $sets as $set ) {
-			$name    = (string) ( $set['name'] ?? '' );
-			$columns = array();
-			foreach ( (array) ( $set['columns'] ?? array() ) as $col ) {
-				$columns[] = is_array( $col ) ? (string) ( $col['name'] ?? '' ) : (string) $col;
+		DAP_New_Task_Page::render(
+			function () {
+				$this->render_flash();
 			}
-			printf( '<option value="%1$s" data-columns="%2$s">%3$s</option>', esc_attr( $name ), esc_attr( implode( ',', $columns ) ), esc_html( $name . ( $columns ? ' (' . implode( ', ', $columns ) . ')' : '' ) ) );
-		}
-		echo '</select></td></tr>';
-
-		echo '<tr><th scope="row"><label for="dap-columns">' . esc_html__( 'Columns', 'distributed-data-analysis' ) . '</label></th><td><input type="text" class="regular-text" name="columns" id="dap-columns" placeholder="region,revenue" /><p class="description">' . esc_html__( 'Comma-separated; empty: all columns.', 'distributed-data-analysis' ) . '</p></td></tr>';
-		echo '<tr><th scope="row"><label for="dap-limit">' . esc_html__( 'Row limit', 'distributed-data-analysis' ) . '</label></th><td><input type="number" min="1" max="10000" name="limit" id="dap-limit" value="100" /></td></tr>';
-
-		echo '<tr class="dap-op-200"><th scope="row">' . esc_html__( 'Filter (operation 200)', 'distributed-data-analysis' ) . '</th><td>';
-		echo '<input type="text" name="where_column" placeholder="' . esc_attr__( 'column', 'distributed-data-analysis' ) . '" /> <select name="where_op">';
-		foreach ( array( 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'in', 'contains', 'between', 'is_null', 'not_null' ) as $op ) {
-			printf( '<option value="%1$s">%1$s</option>', esc_attr( $op ) );
-		}
-		echo '</select> <input type="text" name="where_value" placeholder="' . esc_attr__( 'value (in/between: comma-separated)', 'distributed-data-analysis' ) . '" />';
-		echo '<p><input type="text" name="sort_column" placeholder="' . esc_attr__( 'sort by column', 'distributed-data-analysis' ) . '" /> <label><input type="checkbox" name="sort_desc" value="1" /> ' . esc_html__( 'descending', 'distributed-data-analysis' ) . '</label></p></td></tr>';
-
-		echo '<tr><th scope="row"><label for="dap-runner">' . esc_html__( 'Runner', 'distributed-data-analysis' ) . '</label></th><td><select name="runner_id" id="dap-runner"><option value="">' . esc_html__( 'Any runner that has the dataset', 'distributed-data-analysis' ) . '</option>';
-		foreach ( $runners as $runner ) {
-			printf(
-				'<option value="%1$s">%2$s</option>',
-				esc_attr( (string) ( $runner['runner_id'] ?? '' ) ),
-				esc_html( (string) ( $runner['name'] ?? '' ) . ' — ' . self::status_label( (string) ( $runner['state'] ?? '' ) ) )
-			);
-		}
-		echo '</select> <label><input type="checkbox" name="queue" value="1" /> ' . esc_html__( 'Queue if the runner is busy', 'distributed-data-analysis' ) . '</label></td></tr>';
-		echo '</tbody></table>';
-		submit_button( __( 'Start task', 'distributed-data-analysis' ) );
-		echo '</form></div>';
+		);
 	}
 
 	/**
@@ -656,77 +600,51 @@ class DAP_Admin {
 	}
 
 	/**
-	 * Validate the form input and create the task on the server.
+	 * Validate the form input (DAP_Task_Form, against the dataset's schema when the server
+	 * advertises it) and create the task on the server.
 	 *
 	 * @param array $input Unslashed form input.
 	 * @return array|WP_Error The server's answer `{task_id, status, runner_id}`.
 	 */
 	public function create_task_from_input( array $input ) {
-		$code = isset( $input['operation_code'] ) ? absint( $input['operation_code'] ) : 0;
-		if ( ! in_array( $code, array( 100, 200 ), true ) ) {
-			return new WP_Error( 'dap_invalid_operation', __( 'Choose operation 100 (fetch) or 200 (filter).', 'distributed-data-analysis' ) );
+		$client = DAP_Client::from_settings();
+		$task   = DAP_Task_Form::build( $input, self::dataset_schema( $client, $input ) );
+		if ( is_wp_error( $task ) ) {
+			return $task;
 		}
-		$dataset = isset( $input['dataset'] ) ? sanitize_text_field( (string) $input['dataset'] ) : '';
-		if ( '' === $dataset ) {
-			return new WP_Error( 'dap_missing_dataset', __( 'Choose a dataset.', 'distributed-data-analysis' ) );
-		}
-		$columns = array_values( array_filter( array_map( 'trim', explode( ',', sanitize_text_field( (string) ( $input['columns'] ?? '' ) ) ) ), 'strlen' ) );
-		$limit   = isset( $input['limit'] ) && '' !== $input['limit'] ? min( 10000, max( 1, absint( $input['limit'] ) ) ) : 100;
-
-		$params = array( 'dataset' => $dataset );
-		if ( 100 === $code ) {
-			if ( $columns ) {
-				$params['columns'] = $columns;
-			}
-			$params['limit'] = $limit;
-		} else {
-			$where_column = sanitize_text_field( (string) ( $input['where_column'] ?? '' ) );
-			if ( '' !== $where_column ) {
-				$op = sanitize_key( (string) ( $input['where_op'] ?? 'eq' ) );
-				if ( ! in_array( $op, array( 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'in', 'contains', 'between', 'is_null', 'not_null' ), true ) ) {
-					return new WP_Error( 'dap_invalid_filter', __( 'Unknown filter operator.', 'distributed-data-analysis' ) );
-				}
-				$where = array(
-					'column' => $where_column,
-					'op'     => $op,
-				);
-				$raw   = sanitize_text_field( (string) ( $input['where_value'] ?? '' ) );
-				if ( in_array( $op, array( 'in', 'between' ), true ) ) {
-					$where['value'] = array_map( array( __CLASS__, 'typed_value' ), array_map( 'trim', explode( ',', $raw ) ) );
-				} elseif ( ! in_array( $op, array( 'is_null', 'not_null' ), true ) ) {
-					$where['value'] = self::typed_value( $raw );
-				}
-				$params['where'] = $where;
-			}
-			$sort = sanitize_text_field( (string) ( $input['sort_column'] ?? '' ) );
-			if ( '' !== $sort ) {
-				$params['sort'] = array(
-					array(
-						'column'     => $sort,
-						'descending' => ! empty( $input['sort_desc'] ),
-					),
-				);
-			}
-			if ( $columns ) {
-				$params['select'] = $columns;
-			}
-			$params['limit'] = $limit;
-		}
-		$runner_id = sanitize_text_field( (string) ( $input['runner_id'] ?? '' ) );
-		return DAP_Client::from_settings()->create_task( $code, $params, '' !== $runner_id ? $runner_id : null, ! empty( $input['queue'] ) );
+		return $client->create_task( $task['operation_code'], $task['params'], $task['runner_id'], $task['queue'] );
 	}
 
 	/**
-	 * A form value as a number when it looks like one.
+	 * Column name => dtype of the dataset the form names, from `GET /api/v1/datasets`; null when
+	 * the input is an earlier task or the server does not know the dataset (then the runner
+	 * checks the columns).
 	 *
-	 * @param string $raw Value.
-	 * @return int|float|string
+	 * @param DAP_Client $client Client.
+	 * @param array      $input  Form input.
+	 * @return array|null
 	 */
-	public static function typed_value( $raw ) {
-		if ( is_numeric( $raw ) ) {
-			return false === strpbrk( $raw, '.eE' ) ? (int) $raw : (float) $raw;
+	private static function dataset_schema( DAP_Client $client, array $input ) {
+		$name = isset( $input['dataset'] ) && is_string( $input['dataset'] ) ? sanitize_text_field( $input['dataset'] ) : '';
+		if ( '' === $name || ( 'task' === ( $input['source'] ?? '' ) && 100 !== absint( $input['operation_code'] ?? 0 ) ) ) {
+			return null;
 		}
-		return $raw;
+		$res = $client->list_datasets();
+		if ( is_wp_error( $res ) ) {
+			return null;
+		}
+		foreach ( (array) ( $res['datasets'] ?? array() ) as $set ) {
+			if ( is_array( $set ) && ( $set['name'] ?? '' ) === $name ) {
+				$schema = array();
+				foreach ( (array) ( $set['columns'] ?? array() ) as $col ) {
+					if ( is_array( $col ) && isset( $col['name'] ) ) {
+						$schema[ (string) $col['name'] ] = (string) ( $col['dtype'] ?? '' );
+					}
+				}
+				return $schema ? $schema : null;
+			}
+		}
+		return null;
 	}
 
 	/**
@@ -857,11 +775,16 @@ class DAP_Admin {
 			case 'runner_busy':
 				$runner_id = (string) ( $details['runner_id'] ?? '' );
 				$running   = implode( ', ', array_map( 'strval', (array) ( $details['running_tasks'] ?? array() ) ) );
+				if ( '' === $runner_id || '' === $running ) {
+					// No details to name the runner and its task: the server's own sentence says it.
+					/* translators: %s: server message */
+					return sprintf( __( 'The runner is busy: %s', 'distributed-data-analysis' ), $error->get_error_message() );
+				}
 				return sprintf(
 					/* translators: 1: runner name, 2: task id(s) */
 					__( 'Runner %1$s is busy with task %2$s. Choose another runner or tick “Queue if the runner is busy”.', 'distributed-data-analysis' ),
 					self::runner_name( $runner_id ),
-					'' !== $running ? $running : '?'
+					$running
 				);
 			case 'runner_offline':
 				/* translators: %s: server message */

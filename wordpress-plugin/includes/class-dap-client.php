@@ -10,8 +10,8 @@ defined( 'ABSPATH' ) || exit;
 /**
  * Talks to dap-server's `/api/v1` with `wp_remote_request()`. Every method returns the decoded
  * JSON body or a WP_Error:
- * - 4xx with the server's typed body `{"error":{"code","message"}}` → that code and message,
- *   with `status` (and `details` when present) in the error data;
+ * - 4xx with the server's typed body `{"error":{"code","message",…}}` → that code and message,
+ *   with `status` (and `details`: the error's other fields, when present) in the error data;
  * - 5xx → `dap_server_error`;
  * - timeout / connection refused / DNS → `dap_unreachable`;
  * - no server configured → `dap_not_configured`.
@@ -173,6 +173,28 @@ class DAP_Client {
 	}
 
 	/**
+	 * `GET /api/v1/tasks/{id}/artifacts/{name}` with the API key: the artifact's bytes.
+	 *
+	 * @param string $task_id   Task id.
+	 * @param string $name      Artifact name.
+	 * @param int    $max_bytes Refuse larger artifacts (`dap_artifact_too_large`).
+	 * @return array|WP_Error `{body, content_type}`.
+	 */
+	public function get_artifact( $task_id, $name, $max_bytes = 20971520 ) {
+		$res = $this->request( 'GET', '/api/v1/tasks/' . rawurlencode( $task_id ) . '/artifacts/' . rawurlencode( $name ), array(), null, false );
+		if ( is_wp_error( $res ) ) {
+			return $res;
+		}
+		if ( strlen( $res['body'] ) > $max_bytes ) {
+			return new WP_Error( 'dap_artifact_too_large', __( 'The artifact is too large to show here; download it instead.', 'distributed-data-analysis' ), array( 'status' => 502 ) );
+		}
+		return array(
+			'body'         => $res['body'],
+			'content_type' => $res['content_type'],
+		);
+	}
+
+	/**
 	 * `GET /api/v1/runners`.
 	 *
 	 * @return array|WP_Error `{runners}`.
@@ -208,7 +230,7 @@ class DAP_Client {
 	 * @param string     $path   Path below the base URL.
 	 * @param array      $query  Query arguments.
 	 * @param mixed|null $body   JSON body (null: none).
-	 * @param bool       $json   Decode the response as JSON (false: return `{status, body}`).
+	 * @param bool       $json   Decode the response as JSON (false: return `{status, body, content_type}`).
 	 * @return array|WP_Error
 	 */
 	public function request( $method, $path, array $query = array(), $body = null, $json = true ) {
@@ -270,8 +292,14 @@ class DAP_Client {
 			$decoded = json_decode( $raw, true );
 			if ( is_array( $decoded ) && isset( $decoded['error']['code'], $decoded['error']['message'] ) && is_string( $decoded['error']['code'] ) ) {
 				$data = array( 'status' => $status );
-				if ( isset( $decoded['error']['details'] ) ) {
-					$data['details'] = $decoded['error']['details'];
+				// dap-server puts an error's details next to code and message
+				// (`{"error":{"code","message","runner_id","running_tasks"}}`); a nested
+				// `details` object is accepted too.
+				$details = isset( $decoded['error']['details'] ) && is_array( $decoded['error']['details'] )
+					? $decoded['error']['details']
+					: array_diff_key( $decoded['error'], array_flip( array( 'code', 'message' ) ) );
+				if ( $details ) {
+					$data['details'] = $details;
 				}
 				return new WP_Error( $decoded['error']['code'], (string) $decoded['error']['message'], $data );
 			}
@@ -291,8 +319,9 @@ class DAP_Client {
 
 		if ( ! $json ) {
 			return array(
-				'status' => $status,
-				'body'   => $raw,
+				'status'       => $status,
+				'body'         => $raw,
+				'content_type' => (string) wp_remote_retrieve_header( $response, 'content-type' ),
 			);
 		}
 		$decoded = json_decode( $raw, true );

@@ -52,6 +52,8 @@ final class DAP_Plugin {
 		( new DAP_Rest( new DAP_Webhook() ) )->init();
 		// admin-post.php and admin-ajax.php need the handlers too; registering hooks is cheap.
 		( new DAP_Admin() )->init();
+		( new DAP_Results() )->init();
+		( new DAP_Roles() )->init();
 	}
 
 	/**

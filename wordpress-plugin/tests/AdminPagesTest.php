@@ -59,7 +59,7 @@ class AdminPagesTest extends DAP_Test_Case {
 		$this->assertStringContainsString( '<td>120.5</td>', $html );
 		$this->assertStringContainsString( '&lt;script&gt;x&lt;/script&gt;', $html );
 		$this->assertStringNotContainsString( '<script>x</script>', $html );
-		$this->assertStringContainsString( 'token=signed', $html );
+		$this->assertStringContainsString( 'admin-post.php?action=dap_artifact&#038;task_id=t-done&#038;name=report.html&#038;_wpnonce=' . wp_create_nonce( 'dap_artifact_t-done' ), $html );
 		$this->assertSame( 2, substr_count( $html, 'class="dap-chart-bar"' ), 'one bar per row' );
 		$this->assertStringContainsString( 'width="400"', $html, 'the largest value spans the chart' );
 		$this->assertStringContainsString( 'revenue by region', $html );
@@ -91,7 +91,13 @@ class AdminPagesTest extends DAP_Test_Case {
 	public function test_new_task_form_offers_datasets_runners_and_a_nonce() {
 		$this->login_as( 'editor' );
 		$html = $this->render( 'render_new_task_page' );
-		$this->assertStringContainsString( '<option value="sales" data-columns="region,revenue">', $html );
+		$this->assertStringContainsString( '<option value="sales" data-columns="' . esc_attr( '[{"name":"region","dtype":"str"},{"name":"revenue","dtype":"f64"}]' ) . '">', $html );
+		// Column pickers are filled server-side for the first dataset; features offer numeric columns only.
+		$this->assertStringContainsString( '<select name="features[]" id="dap-features" class="dap-column-picker" data-dap-columns="numeric" multiple size="5"><option value="revenue">revenue (f64)</option></select>', $html );
+		$this->assertStringContainsString( '<option value="t-done" data-columns=', $html, 'completed tasks are offered as input' );
+		foreach ( DAP_Task_Form::OPERATORS as $op ) {
+			$this->assertStringContainsString( '<option value="' . $op . '">', $html );
+		}
 		$this->assertStringContainsString( 'value="r-busy"', $html );
 		$this->assertStringContainsString( 'name="_wpnonce"', $html );
 		$this->assertStringContainsString( 'value="dap_create_task"', $html );

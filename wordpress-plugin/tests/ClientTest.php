@@ -129,45 +129,6 @@ class ClientTest extends DAP_Test_Case {
 		$this->assertSame( getenv( 'DAP_FAKE_SERVER' ) . '/api/v1/tasks/t-done/artifacts/report.html?token=signed', $c->artifact_url( 't-done', 'report.html' ) );
 	}
 
-	public function test_form_input_becomes_filter_params() {
-		$this->configure();
-		$res = ( new DAP_Admin() )->create_task_from_input(
-			array(
-				'operation_code' => '200',
-				'dataset'        => 'sales',
-				'columns'        => 'region, revenue',
-				'where_column'   => 'revenue',
-				'where_op'       => 'between',
-				'where_value'    => '10, 20.5',
-				'sort_column'    => 'revenue',
-				'sort_desc'      => '1',
-				'limit'          => '50000',
-			)
-		);
-		$this->assertNotWPError( $res );
-		$this->assertSame(
-			array(
-				'dataset' => 'sales',
-				'where'   => array(
-					'column' => 'revenue',
-					'op'     => 'between',
-					'value'  => array( 10, 20.5 ),
-				),
-				'sort'    => array(
-					array(
-						'column'     => 'revenue',
-						'descending' => true,
-					),
-				),
-				'select'  => array( 'region', 'revenue' ),
-				'limit'   => 10000,
-			),
-			$res['received']['params']
-		);
-		$this->assertSame( 'dap_invalid_operation', ( new DAP_Admin() )->create_task_from_input( array( 'operation_code' => '300', 'dataset' => 'x' ) )->get_error_code() );
-		$this->assertSame( 'dap_missing_dataset', ( new DAP_Admin() )->create_task_from_input( array( 'operation_code' => '100' ) )->get_error_code() );
-	}
-
 	private function assertNotWPError( $value ) {
 		$this->assertFalse( is_wp_error( $value ), is_wp_error( $value ) ? $value->get_error_code() . ': ' . $value->get_error_message() : '' );
 	}

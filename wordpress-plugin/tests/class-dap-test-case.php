@@ -14,6 +14,12 @@ class DAP_Test_Die extends Exception {
 }
 
 /**
+ * Thrown by a wp_redirect filter so a test sees where a handler redirects.
+ */
+class DAP_Test_Redirect extends Exception {
+}
+
+/**
  * Base class for the plugin's tests (plain PHPUnit TestCase against a real WordPress).
  */
 abstract class DAP_Test_Case extends TestCase {

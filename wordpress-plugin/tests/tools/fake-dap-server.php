@@ -22,7 +22,8 @@ function reply( $status, $data ) {
 function typed( $status, $code, $message, $details = null ) {
 	$error = array( 'code' => $code, 'message' => $message );
 	if ( null !== $details ) {
-		$error['details'] = $details;
+		// Like dap-server: the details sit next to code and message.
+		$error = array_merge( $error, $details );
 	}
 	reply( $status, array( 'error' => $error ) );
 }
@@ -50,7 +51,7 @@ switch ( true ) {
 		if ( ( $req['runner_id'] ?? '' ) === 'r-busy' && empty( $req['queue'] ) ) {
 			typed( 409, 'runner_busy', 'runner laptop (r-busy) is busy with task t-running; retry later or pass "queue": true', array( 'runner_id' => 'r-busy', 'running_tasks' => array( 't-running' ) ) );
 		}
-		if ( ! in_array( $req['operation_code'] ?? 0, array( 100, 200 ), true ) ) {
+		if ( ! in_array( $req['operation_code'] ?? 0, array( 100, 200, 300, 400 ), true ) ) {
 			typed( 422, 'unknown_operation', 'unknown operation code' );
 		}
 		reply( 201, array( 'task_id' => 't-new', 'status' => 'assigned', 'runner_id' => 'r-idle', 'received' => $req ) );
@@ -74,6 +75,27 @@ switch ( true ) {
 		reply( 200, array( 'artifacts' => array( array( 'name' => 'report.html', 'size' => 2048 ) ) ) );
 	case '/api/v1/tasks/t-done/artifacts/report.html/signed-url' === $path:
 		reply( 200, array( 'url' => '/api/v1/tasks/t-done/artifacts/report.html?token=signed', 'expires_in' => 600 ) );
+	case '/api/v1/tasks/t-model' === $path:
+		reply( 200, array( 'task_id' => 't-model', 'operation_code' => 300, 'status' => 'completed', 'progress' => 100, 'stage' => 'done', 'error' => null ) );
+	case '/api/v1/tasks/t-model/result' === $path:
+		reply( 200, array( 'task_id' => 't-model', 'operation_code' => 300, 'result_data' => array( 'model' => 'logistic_regression', 'dataset' => 'sales', 'features' => array( 'units', 'unit_price' ), 'target' => 'region', 'n_train' => 80, 'n_test' => 20, 'dropped_rows' => 1, 'test_fraction' => 0.2, 'seed' => 7,
+			'parameters' => array( 'kind' => 'binary', 'coefficients' => array( 'units' => 0.123456789, 'unit_price' => -2.5 ), 'intercept' => 0.5 ),
+			'metrics' => array( 'accuracy' => 0.85, 'precision' => 0.8333333, 'recall' => 0.9, 'f1' => 0.8653846,
+				'per_class' => array( array( 'label' => '<b>north</b>', 'precision' => 1.0, 'recall' => 0.8, 'f1' => 0.8888889, 'support' => 10 ), array( 'label' => 'south', 'precision' => 0.6666667, 'recall' => 1.0, 'f1' => 0.8, 'support' => 10 ) ),
+				'confusion_matrix' => array( 'labels' => array( '<b>north</b>', 'south' ), 'matrix' => array( array( 8, 2 ), array( 1, 9 ) ) ) ) ),
+			'artifacts' => array( array( 'name' => 'predictions.csv', 'size' => 300, 'content_type' => 'text/csv' ) ) ) );
+	case '/api/v1/tasks/t-report' === $path:
+		reply( 200, array( 'task_id' => 't-report', 'operation_code' => 400, 'status' => 'completed', 'progress' => 100, 'stage' => 'done', 'error' => null ) );
+	case '/api/v1/tasks/t-report/result' === $path:
+		reply( 200, array( 'task_id' => 't-report', 'operation_code' => 400, 'result_data' => array( 'dataset' => 'sales', 'format' => 'html', 'title' => 'Q1', 'row_count' => 2, 'columns' => array( 'region', 'revenue' ), 'artifact' => 'report.html',
+			'summary' => array( array( 'column' => 'revenue', 'dtype' => 'f64', 'kind' => 'numeric', 'count' => 2, 'null_count' => 0, 'mean' => 63.75, 'std' => 80.2, 'min' => 7.0, '25%' => 35.4, '50%' => 63.75, '75%' => 92.1, 'max' => 120.5 ) ) ),
+			'artifacts' => array( array( 'name' => 'report.html', 'size' => 1234, 'content_type' => 'text/html; charset=utf-8' ) ) ) );
+	case 'GET' === $method && '/api/v1/tasks/t-report/artifacts/report.html' === $path:
+		header( 'Content-Type: text/html; charset=utf-8' );
+		echo '<!DOCTYPE html><html><head><title>Q1</title></head><body><h1>Q1 report</h1><script>alert(1)</script></body></html>';
+		exit;
+	case 'POST' === $method && '/api/v1/tasks/t-report/artifacts/report.html/signed-url' === $path:
+		reply( 200, array( 'url' => '/api/v1/tasks/t-report/artifacts/report.html?token=signed-' . ( $_GET['ttl_s'] ?? '' ), 'expires_in' => (int) ( $_GET['ttl_s'] ?? 0 ) ) );
 	case '/api/v1/tasks/boom' === $path:
 		typed( 500, 'internal', 'internal error' );
 	case '/api/v1/tasks/slow' === $path:
