@@ -35,8 +35,10 @@
 //! number per feature, in `features` order), `max_depth` (decision tree only), `max_iterations`
 //! (logistic regression: default 100; k-means: per run, default 300).
 //! Result: `{model, dataset, features, target, n_train, n_test, dropped_rows, test_fraction
-//! (null with a split column), split_column, seed, parameters, metrics}` plus the artifact `predictions.csv` (`row,actual,predicted`: the
-//! test rows, or every used row for k-means, in dataset order).
+//! (null with a split column), split_column, seed, parameters, metrics}` plus the artifact
+//! `predictions.csv` (`row,actual,predicted`: the test rows, or every used row for k-means, in
+//! dataset order). k-means parameters say how it started (`init`: `k-means++` or `precomputed`)
+//! and how many `runs` it made.
 //!
 //! Exactly collinear features are not detected: linfa's QR least squares then returns one of
 //! the many exact solutions (not scikit-learn's minimum-norm one); the predictions are right,
