@@ -7,6 +7,7 @@
 //! thread, uploads their artifacts and ships what they report); they read data only through the
 //! catalog and write files only into the scratch directory.
 
+pub mod cart;
 pub mod export;
 pub mod fetch;
 pub mod filter;

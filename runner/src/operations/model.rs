@@ -3,15 +3,18 @@
 //!
 //! Models (`model`): `linear_regression` (ordinary least squares with intercept),
 //! `logistic_regression` (binary, or multinomial for three or more classes; linfa's L-BFGS with
-//! its default L2 penalty `alpha = 1`), `kmeans` (k-means++ init, 10 seeded runs, the one with
-//! the lowest inertia kept) and `decision_tree` (Gini, CART-style, linfa's defaults otherwise).
+//! its default L2 penalty `alpha = 1`, i.e. scikit-learn's `C = 1`), `kmeans` (k-means++ init, 10
+//! seeded runs, the one with the lowest inertia kept; or one run from `init_centroids`) and
+//! `decision_tree` (Gini CART, our own [`super::cart`]: linfa-trees' is not deterministic).
 //!
 //! Steps: read the used columns (with each row's 0-based index in the dataset) → drop rows with
 //! a null or non-finite value in any used column (counted in `dropped_rows`) → shuffle the row
 //! indices with a xoshiro256++ generator seeded from `seed` and take the first
 //! `ceil(n · test_fraction)` as the test split, the rest as training split (both then put back in
 //! dataset order) → fit on the training split → evaluate on the test split. The same params on
-//! the same file therefore give the same result byte for byte.
+//! the same file therefore give the same result byte for byte. With `split_column` instead, that
+//! column decides: true/1 marks a test row, false/0 a training row, anything else in a usable row
+//! (a null included) is a `data_error` naming the field and row; it is never a feature.
 //!
 //! Classification targets (integers, strings or booleans) are mapped to class ids in sorted
 //! label order; labels keep their JSON type in the result. Metrics follow scikit-learn's
@@ -22,18 +25,20 @@
 //! computed here (linfa has none) on every row, or on a seeded sample of [`SILHOUETTE_SAMPLE`]
 //! rows when there are more, and is `null` with fewer than two clusters present.
 //!
-//! linfa's decision tree breaks ties between equally frequent classes in a leaf in hash-map
-//! order, which varies between runs; so the leaf predictions are recomputed here from the
-//! training rows that reach each leaf (ties → the smallest class id).
+//! A decision tree leaf predicts its most frequent training class, ties → the smallest class id.
 //!
 //! Params: `dataset`, `model`, `features` (numeric column names), `target` (required except for
 //! k-means, where it is optional and only shown as `actual` in the predictions), `test_fraction`
-//! (default 0.2 — 0 for k-means —, `0 < f < 1`, k-means also accepts 0), `seed` (default 42),
-//! `k` (k-means only, default 3), `max_depth` (decision tree only), `max_iterations` (logistic
-//! regression: default 100; k-means: per run, default 300).
-//! Result: `{model, dataset, features, target, n_train, n_test, dropped_rows, test_fraction,
-//! seed, parameters, metrics}` plus the artifact `predictions.csv` (`row,actual,predicted`: the
-//! test rows, or every used row for k-means, in dataset order).
+//! (default 0.2 — 0 for k-means —, `0 < f < 1`, k-means also accepts 0) or `split_column` (a
+//! boolean, numeric 0/1 or text true/false column; excludes `test_fraction`), `seed` (default
+//! 42), `k` (k-means only, default 3), `init_centroids` (k-means only: `k` arrays of one finite
+//! number per feature, in `features` order), `max_depth` (decision tree only), `max_iterations`
+//! (logistic regression: default 100; k-means: per run, default 300).
+//! Result: `{model, dataset, features, target, n_train, n_test, dropped_rows, test_fraction
+//! (null with a split column), split_column, seed, parameters, metrics}` plus the artifact
+//! `predictions.csv` (`row,actual,predicted`: the test rows, or every used row for k-means, in
+//! dataset order). k-means parameters say how it started (`init`: `k-means++` or `precomputed`)
+//! and how many `runs` it made.
 //!
 //! Exactly collinear features are not detected: linfa's QR least squares then returns one of
 //! the many exact solutions (not scikit-learn's minimum-norm one); the predictions are right,
@@ -47,10 +52,9 @@ use std::io::Write as _;
 use dap_protocol::{failure, DatasetFormat, TaskError};
 use linfa::prelude::*;
 use linfa::DatasetBase;
-use linfa_clustering::KMeans;
+use linfa_clustering::{KMeans, KMeansInit};
 use linfa_linear::LinearRegression;
 use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
-use linfa_trees::{DecisionTree, TreeNode};
 use ndarray::{Array1, Array2, ArrayView1, Axis};
 use polars::prelude::*;
 use rand::seq::SliceRandom;
@@ -58,6 +62,7 @@ use rand::SeedableRng;
 use rand_xoshiro::{Xoshiro256Plus, Xoshiro256PlusPlus};
 use serde_json::{json, Map, Value};
 
+use super::cart::{ClassificationTree, FitError};
 use super::params::{invalid, shorten_json, Named, Params, SourceRef};
 use super::{check_cancelled, Output};
 use crate::artifacts::{LocalArtifact, Scratch};
@@ -83,15 +88,17 @@ pub const KMEANS_RUNS: u64 = 10;
 pub const DEFAULT_KMEANS_ITERATIONS: u64 = 300;
 pub const DEFAULT_LOGISTIC_ITERATIONS: u64 = 100;
 
-const PARAMS: [&str; 10] = [
+const PARAMS: [&str; 12] = [
     "dataset",
     "input",
     "model",
     "features",
     "target",
     "test_fraction",
+    "split_column",
     "seed",
     "k",
+    "init_centroids",
     "max_depth",
     "max_iterations",
 ];
@@ -129,9 +136,16 @@ pub struct ModelParams {
     pub model: ModelKind,
     pub features: Vec<String>,
     pub target: Option<String>,
+    /// Share of rows held out for testing; 0 (unused) when `split_column` is given.
     pub test_fraction: f64,
+    /// A column marking the test rows (true/1) and training rows (false/0), instead of a
+    /// seeded random split by `test_fraction`.
+    pub split_column: Option<String>,
     pub seed: u64,
     pub k: usize,
+    /// k-means only: the starting centroids (`k × features`), one run from them instead of
+    /// seeded k-means++ restarts.
+    pub init_centroids: Option<Array2<f64>>,
     pub max_depth: Option<usize>,
     pub max_iterations: Option<u64>,
 }
@@ -177,7 +191,21 @@ impl ModelParams {
                 )));
             }
         }
+        let split_column = p.optional_str("split_column")?.map(str::to_owned);
+        if let Some(s) = &split_column {
+            if p.value("test_fraction").is_some() {
+                return Err(invalid(
+                    "params.split_column and params.test_fraction exclude each other; give one",
+                ));
+            }
+            if features.contains(s) || target.as_ref() == Some(s) {
+                return Err(invalid(format!(
+                    "params.split_column `{s}` is also a feature or the target; it only marks test rows"
+                )));
+            }
+        }
         let test_fraction = match p.value("test_fraction") {
+            None if split_column.is_some() => 0.0,
             None if model == ModelKind::KMeans => 0.0,
             None => DEFAULT_TEST_FRACTION,
             Some(v) => {
@@ -211,6 +239,7 @@ impl ModelParams {
             Ok(())
         };
         only_for("k", ModelKind::KMeans)?;
+        only_for("init_centroids", ModelKind::KMeans)?;
         only_for("max_depth", ModelKind::DecisionTree)?;
         if p.value("max_iterations").is_some()
             && !matches!(model, ModelKind::KMeans | ModelKind::LogisticRegression)
@@ -226,18 +255,64 @@ impl ModelParams {
             .optional_u64_in("max_depth", 1, MAX_TREE_DEPTH)?
             .map(|d| d as usize);
         let max_iterations = p.optional_u64_in("max_iterations", 1, MAX_ITERATIONS)?;
+        let init_centroids = p
+            .value("init_centroids")
+            .map(|v| parse_centroids(v, k, features.len()))
+            .transpose()?;
         Ok(Self {
             dataset,
             model,
             features,
             target,
             test_fraction,
+            split_column,
             seed,
             k,
+            init_centroids,
             max_depth,
             max_iterations,
         })
     }
+}
+
+/// `params.init_centroids`: `k` rows of `n_features` finite numbers.
+fn parse_centroids(value: &Value, k: usize, n_features: usize) -> Result<Array2<f64>, TaskError> {
+    let rows = value.as_array().ok_or_else(|| {
+        invalid(format!(
+            "params.init_centroids must be an array of {k} centroids (params.k), each an array of {n_features} numbers (one per feature)"
+        ))
+    })?;
+    if rows.len() != k {
+        return Err(invalid(format!(
+            "params.init_centroids holds {} centroids but params.k is {k}",
+            rows.len()
+        )));
+    }
+    let mut values = Vec::with_capacity(k * n_features);
+    for (i, row) in rows.iter().enumerate() {
+        let row = row.as_array().ok_or_else(|| {
+            invalid(format!(
+                "params.init_centroids[{i}] must be an array of {n_features} numbers (one per feature)"
+            ))
+        })?;
+        if row.len() != n_features {
+            return Err(invalid(format!(
+                "params.init_centroids[{i}] holds {} numbers but params.features lists {n_features} columns",
+                row.len()
+            )));
+        }
+        for (j, v) in row.iter().enumerate() {
+            let x = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                invalid(format!(
+                    "params.init_centroids[{i}][{j}] must be a finite number (got {})",
+                    shorten_json(v)
+                ))
+            })?;
+            values.push(x);
+        }
+    }
+    Array2::from_shape_vec((k, n_features), values)
+        .map_err(|e| internal(format!("building the initial centroids failed: {e}")))
 }
 
 /// What kind of values the target column holds.
@@ -291,6 +366,8 @@ struct Table {
     /// Row-major features, `rows.len() × n_features`.
     x: Array2<f64>,
     target: Target,
+    /// Per row, whether `params.split_column` marks it as a test row (`None`: no such column).
+    is_test: Option<Vec<bool>>,
     dropped: usize,
 }
 
@@ -319,6 +396,9 @@ fn check_columns(
                 "params.features[{i}]: column `{f}` is {dtype}, not numeric"
             )));
         }
+    }
+    if let Some(s) = &p.split_column {
+        split_column_kind(s, schema, dataset)?;
     }
     let Some(t) = &p.target else {
         return Ok(None);
@@ -375,6 +455,19 @@ fn load(
             TargetKind::Text | TargetKind::Boolean => e,
         });
     }
+    // The column was checked by `check_columns`.
+    let split_kind = p
+        .split_column
+        .as_deref()
+        .map(|s| split_column_kind(s, schema, "the dataset"))
+        .transpose()?;
+    if let (Some(s), Some(kind)) = (&p.split_column, split_kind) {
+        let e = col(s.as_str());
+        exprs.push(match kind {
+            SplitKind::Number => e.cast(DataType::Float64),
+            SplitKind::Boolean | SplitKind::Text => e,
+        });
+    }
     let df = lf
         .with_row_index(index_name.as_str(), None)
         .select(exprs)
@@ -388,12 +481,14 @@ fn load(
         .map_err(failed)?;
     let n_features = p.features.len();
     let target_col = target_kind.map(|_| column(n_features + 1));
+    let split_col = split_kind.map(|_| column(n_features + 1 + usize::from(target_kind.is_some())));
 
     let height = df.height();
     let mut rows = Vec::with_capacity(height);
     let mut x = Vec::with_capacity(height * n_features);
     let mut values = Vec::new();
     let mut labels = Vec::new();
+    let mut is_test = Vec::new();
     let mut dropped = 0usize;
     let mut row_x = Vec::with_capacity(n_features);
     for r in 0..height {
@@ -440,6 +535,9 @@ fn load(
             dropped += 1;
             continue;
         };
+        if let (Some(s), Some(kind), Some(name)) = (split_col, split_kind, &p.split_column) {
+            is_test.push(split_mark(s, kind, r, name, row, failed)?);
+        }
         rows.push(row);
         x.extend_from_slice(&row_x);
         values.extend(value);
@@ -456,8 +554,88 @@ fn load(
         rows,
         x,
         target,
+        is_test: split_kind.map(|_| is_test),
         dropped,
     })
+}
+
+/// What kind of values the split column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SplitKind {
+    Boolean,
+    /// Any numeric type, read as f64: 1 marks a test row, 0 a training row.
+    Number,
+    /// `true`/`1` or `false`/`0`, case-insensitive.
+    Text,
+}
+
+fn split_column_kind(name: &str, schema: &Schema, dataset: &str) -> Result<SplitKind, TaskError> {
+    let dtype = schema.get(name).ok_or_else(|| {
+        invalid(format!(
+            "params.split_column: column `{name}` is not in dataset `{dataset}`"
+        ))
+    })?;
+    if dtype.is_bool() {
+        Ok(SplitKind::Boolean)
+    } else if dtype.is_primitive_numeric() {
+        Ok(SplitKind::Number)
+    } else if dtype.is_string() {
+        Ok(SplitKind::Text)
+    } else {
+        Err(invalid(format!(
+            "params.split_column: column `{name}` is {dtype}; it must hold booleans, 0/1 or true/false"
+        )))
+    }
+}
+
+/// Whether position `r` of the split column marks a test row; any other value than true/1 or
+/// false/0 (a null included) is a data error naming the field and the dataset row.
+fn split_mark(
+    s: &Series,
+    kind: SplitKind,
+    r: usize,
+    name: &str,
+    row: u64,
+    failed: &dyn Fn(PolarsError) -> TaskError,
+) -> Result<bool, TaskError> {
+    let mark = match kind {
+        SplitKind::Boolean => s.bool().map_err(failed)?.get(r),
+        SplitKind::Number => match s.f64().map_err(failed)?.get(r) {
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
+            _ => None,
+        },
+        SplitKind::Text => match s.str().map_err(failed)?.get(r) {
+            Some(v) if v == "1" || v.eq_ignore_ascii_case("true") => Some(true),
+            Some(v) if v == "0" || v.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        },
+    };
+    mark.ok_or_else(|| {
+        let shown = s
+            .get(r)
+            .map(|v| match v {
+                AnyValue::Null => "null".to_owned(),
+                v => shorten_json(&super::values::to_json(v)),
+            })
+            .unwrap_or_else(|_| "?".to_owned());
+        data_error(format!(
+            "params.split_column: column `{name}` holds {shown} in row {row}; \
+             expected true/1 (test row) or false/0 (training row)"
+        ))
+    })
+}
+
+/// Row positions (into the table) of the training and test splits, each in dataset order: as
+/// `params.split_column` marks them, or a seeded random split by `params.test_fraction`.
+fn split_rows(t: &Table, p: &ModelParams) -> (Vec<usize>, Vec<usize>) {
+    match &t.is_test {
+        Some(marks) => {
+            let (test, train): (Vec<usize>, Vec<usize>) = (0..marks.len()).partition(|&i| marks[i]);
+            (train, test)
+        }
+        None => split(t.rows.len(), p.test_fraction, p.seed),
+    }
 }
 
 /// Row positions (into the table) of the training and test splits, each in dataset order.
@@ -502,8 +680,7 @@ pub fn run(
             table.dropped
         ),
     );
-    let n = table.rows.len();
-    let (train, test) = split(n, p.test_fraction, p.seed);
+    let (train, test) = split_rows(&table, &p);
     check_sizes(&p, &table, train.len(), test.len())?;
     check_cancelled(progress)?;
 
@@ -531,7 +708,8 @@ pub fn run(
         "n_train": train.len(),
         "n_test": test.len(),
         "dropped_rows": table.dropped,
-        "test_fraction": p.test_fraction,
+        "test_fraction": if p.split_column.is_some() { Value::Null } else { num(p.test_fraction) },
+        "split_column": p.split_column,
         "seed": p.seed,
         "parameters": fitted.parameters,
         "metrics": fitted.metrics,
@@ -954,50 +1132,39 @@ fn tree(
     let classes = Classes::of(class_labels(t)?);
     classes.check_trainable(train, p.target.as_deref().unwrap_or(""))?;
     let x_train = rows_of(&t.x, train);
-    let y_train = classes.ids_of(train);
-    let ds =
-        DatasetBase::new(x_train.clone(), y_train.clone()).with_feature_names(p.features.clone());
+    let y_train = classes.ids_of(train).to_vec();
     progress.report(30, "training");
-    let model = DecisionTree::<f64, usize>::params()
-        .max_depth(p.max_depth)
-        .fit(&ds)
-        .map_err(|e| data_error(format!("the decision tree could not be fitted: {e}")))?;
+    let keep_going = || !progress.is_cancelled();
+    let model = ClassificationTree::fit(
+        &x_train,
+        &y_train,
+        classes.labels.len(),
+        p.max_depth,
+        &keep_going,
+    )
+    .map_err(|e| match e {
+        FitError::Stopped => super::cancelled(),
+        FitError::Shape(m) => internal(format!("the decision tree could not be fitted: {m}")),
+    })?;
     check_cancelled(progress)?;
     progress.report(90, "evaluating");
-
-    // Leaf predictions from the training rows, ties to the smallest class id (see module doc).
-    let root = model.root_node();
-    let mut votes: HashMap<*const TreeNode<f64, usize>, Vec<u64>> = HashMap::new();
-    for (row, &class) in x_train.rows().into_iter().zip(y_train.iter()) {
-        let leaf = leaf_of(root, row)?;
-        votes
-            .entry(leaf as *const _)
-            .or_insert_with(|| vec![0; classes.labels.len()])[class] += 1;
-    }
-    let decide = |leaf: &TreeNode<f64, usize>| -> usize {
-        match votes.get(&(leaf as *const _)) {
-            Some(v) => {
-                let best = v.iter().copied().max().unwrap_or(0);
-                v.iter().position(|&c| c == best).unwrap_or(0)
-            }
-            // A leaf no training row reaches (cannot happen for a fitted tree): linfa's choice.
-            None => leaf.prediction().unwrap_or(0),
-        }
-    };
     let x_test = rows_of(&t.x, test);
-    let predicted = x_test
+    let predicted: Vec<usize> = x_test
         .rows()
         .into_iter()
-        .map(|row| leaf_of(root, row).map(decide))
-        .collect::<Result<Vec<usize>, TaskError>>()?;
-
-    let importances: Vec<Value> = model.feature_importance().into_iter().map(num).collect();
-    let importances: Map<String, Value> = p.features.iter().cloned().zip(importances).collect();
+        .map(|row| model.predict(row))
+        .collect();
+    let importances: Map<String, Value> = p
+        .features
+        .iter()
+        .cloned()
+        .zip(model.feature_importances.iter().map(|&v| num(v)))
+        .collect();
     let actual = classes.ids_of(test).to_vec();
     Ok(Fitted {
         parameters: json!({
-            "depth": model.max_depth(),
-            "leaves": model.num_leaves(),
+            "depth": model.depth,
+            "leaves": model.leaves,
             "max_depth": p.max_depth,
             "split_quality": "gini",
             "feature_importances": importances,
@@ -1005,27 +1172,6 @@ fn tree(
         metrics: classification_metrics(&classes.labels, &actual, &predicted),
         predictions: classes.predictions(t, test, &predicted),
     })
-}
-
-/// The leaf `row` ends in, following the splits as linfa's own prediction does.
-fn leaf_of<'a>(
-    root: &'a TreeNode<f64, usize>,
-    row: ArrayView1<'_, f64>,
-) -> Result<&'a TreeNode<f64, usize>, TaskError> {
-    let mut node = root;
-    while !node.is_leaf() {
-        let (feature, threshold, _) = node.split();
-        let children = node.children();
-        let next = if row.get(feature).copied().unwrap_or(f64::NAN) < threshold {
-            children[0]
-        } else {
-            children[1]
-        };
-        node = next
-            .as_deref()
-            .ok_or_else(|| internal("decision tree node without a child"))?;
-    }
-    Ok(node)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1042,18 +1188,29 @@ fn kmeans(
     let iterations = p.max_iterations.unwrap_or(DEFAULT_KMEANS_ITERATIONS);
     // One linfa run per restart, each with its own generator, so progress and cancel can be
     // reported between them; the lowest inertia wins (the first on ties).
+    // Given starting centroids, a single run from them (restarts would repeat it exactly).
+    let runs = if p.init_centroids.is_some() {
+        1
+    } else {
+        KMEANS_RUNS
+    };
     let mut best: Option<(f64, Array2<f64>)> = None;
-    for run in 0..KMEANS_RUNS {
+    for run in 0..runs {
         check_cancelled(progress)?;
         progress.report_with_message(
-            (30 + run * 50 / KMEANS_RUNS) as u8,
+            (30 + run * 50 / runs) as u8,
             "training",
-            format!("k-means run {} of {KMEANS_RUNS}", run + 1),
+            format!("k-means run {} of {runs}", run + 1),
         );
         let rng = Xoshiro256Plus::seed_from_u64(p.seed.wrapping_add(run));
-        let model = KMeans::params_with_rng(p.k, rng)
+        let mut params = KMeans::params_with_rng(p.k, rng)
             .n_runs(1)
-            .max_n_iterations(iterations)
+            .max_n_iterations(iterations);
+        if let Some(init) = &p.init_centroids {
+            // Its shape was checked against k and the features when parsing (linfa asserts it).
+            params = params.init_method(KMeansInit::Precomputed(init.clone()));
+        }
+        let model = params
             .fit(&ds)
             .map_err(|e| data_error(format!("k-means could not be fitted: {e}")))?;
         let centroids = model.centroids().clone();
@@ -1094,7 +1251,8 @@ fn kmeans(
     Ok(Fitted {
         parameters: json!({
             "k": p.k,
-            "runs": KMEANS_RUNS,
+            "runs": runs,
+            "init": if p.init_centroids.is_some() { "precomputed" } else { "k-means++" },
             "max_iterations": iterations,
             "centroids": centroid_rows,
         }),
@@ -1622,10 +1780,11 @@ mod tests {
             rows: (0..5).collect(),
             x: Array2::from_elem((5, 1), 1.0),
             target: Target::Labels(labels),
+            is_test: None,
             dropped: 0,
         };
         let p = ModelParams::parse(&json!({"dataset": "d", "model": "decision_tree", "features": ["x"], "target": "class"})).unwrap();
-        // linfa's own pick varies with each hash map's random state; ours must not.
+        // linfa-trees' pick varied with each hash map's random state; ours must not.
         for _ in 0..20 {
             let fitted = tree(
                 &table,
@@ -1638,6 +1797,342 @@ mod tests {
             assert_eq!(fitted.parameters["depth"], 0);
             assert_eq!(fitted.predictions[0].predicted, "a");
             assert_eq!(fitted.predictions[0].actual.as_deref(), Some("b"));
+        }
+    }
+
+    /// Three classes, five features with many repeated values, so candidate splits nearly tie:
+    /// linfa-trees 0.8 scored them in f32 summed in hash-map order, and its tree and feature
+    /// importances changed between runs. The whole result must be the same every time.
+    #[test]
+    fn decision_tree_results_repeat_exactly() {
+        let mut csv = "a,b,c,d,e,class\n".to_owned();
+        for i in 0..240usize {
+            let class = (i * 7 + i / 11) % 3;
+            let v = |m: usize, s: usize| ((i * m + s + class * 3) % 13) as f64 / 4.0;
+            writeln!(
+                csv,
+                "{},{},{},{},{},k{class}",
+                v(3, 1),
+                v(5, 2),
+                v(7, 0),
+                v(2, 5),
+                ((i % 4) as f64)
+            )
+            .unwrap();
+        }
+        let params = json!({"dataset": "d", "model": "decision_tree", "features": ["a", "b", "c", "d", "e"], "target": "class", "max_depth": 6, "test_fraction": 0.3});
+        let first = model(&csv, params.clone()).unwrap();
+        let importances = first.0["parameters"]["feature_importances"].clone();
+        let total: f64 = importances.as_object().unwrap().values().map(f).sum();
+        assert!((total - 1.0).abs() < 1e-12, "{importances}");
+        assert!(
+            first.0["parameters"]["leaves"].as_u64().unwrap() > 4,
+            "{}",
+            first.0
+        );
+        for _ in 0..10 {
+            assert_eq!(model(&csv, params.clone()).unwrap(), first);
+        }
+    }
+
+    // --- split_column and init_centroids ---------------------------------------------------
+
+    /// `linear_csv` plus three marks of the same split (test rows: `i % 4 == 0`), as 0/1, as
+    /// booleans and as text; row 7 (dropped: missing x2) has no marks at all.
+    fn split_csv() -> String {
+        let mut s = "x1,x2,y,as_int,as_bool,as_text\n".to_owned();
+        for i in 0..120 {
+            let (x1, x2) = linear_x(i);
+            let y = linear_y(i);
+            let test = i % 4 == 0;
+            let text = match i % 3 {
+                0 => test.to_string().to_uppercase(),
+                1 => test.to_string(),
+                _ => u8::from(test).to_string(),
+            };
+            if i == 7 {
+                writeln!(s, "{x1},,{y},,,").unwrap();
+            } else {
+                writeln!(s, "{x1},{x2},{y},{},{test},{text}", u8::from(test)).unwrap();
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn split_column_marks_the_test_rows() {
+        let csv = split_csv();
+        let mut results = Vec::new();
+        for column in ["as_int", "as_bool", "as_text"] {
+            let (r, preds) = model(
+                &csv,
+                json!({"dataset": "d", "model": "linear_regression", "features": ["x1", "x2"], "target": "y", "split_column": column}),
+            )
+            .unwrap_or_else(|e| panic!("{column}: {e:?}"));
+            assert_eq!(r["split_column"], column);
+            assert_eq!(r["test_fraction"], Value::Null);
+            assert_eq!(r["dropped_rows"], 1);
+            assert_eq!(r["n_test"], 30, "{column}");
+            assert_eq!(r["n_train"], 89, "{column}");
+            let rows: Vec<usize> = preds.iter().map(|p| p[0].parse().unwrap()).collect();
+            let expected: Vec<usize> = (0..120).filter(|i| i % 4 == 0).collect();
+            assert_eq!(
+                rows, expected,
+                "{column}: the marked rows are the test rows"
+            );
+            let mut r = r;
+            r["split_column"] = Value::Null;
+            results.push((r, preds));
+        }
+        // Three spellings of one split: one result.
+        assert_eq!(results[0], results[1]);
+        assert_eq!(results[0], results[2]);
+        // The seed does not matter with a split column.
+        let (r, _) = model(
+            &csv,
+            json!({"dataset": "d", "model": "linear_regression", "features": ["x1", "x2"], "target": "y", "split_column": "as_int", "seed": 9}),
+        )
+        .unwrap();
+        assert_eq!(r["parameters"], results[0].0["parameters"]);
+        // Without it, the seeded random split as before.
+        let (r, _) = model(
+            &csv,
+            json!({"dataset": "d", "model": "linear_regression", "features": ["x1", "x2"], "target": "y"}),
+        )
+        .unwrap();
+        assert_eq!(r["split_column"], Value::Null);
+        assert_eq!(r["test_fraction"], 0.2);
+        assert_eq!(r["n_test"], 24);
+
+        // k-means fits the training rows only, and still assigns every row a cluster.
+        let (r, preds) = model(
+            &csv,
+            json!({"dataset": "d", "model": "kmeans", "features": ["x1", "x2"], "split_column": "as_bool", "k": 2}),
+        )
+        .unwrap();
+        assert_eq!(
+            (r["n_train"].as_u64(), r["n_test"].as_u64()),
+            (Some(89), Some(30))
+        );
+        assert_eq!(preds.len(), 119);
+    }
+
+    #[test]
+    fn split_column_errors_name_the_field() {
+        let csv = split_csv();
+        let base = json!({"dataset": "d", "model": "linear_regression", "features": ["x1"], "target": "y", "split_column": "as_int"});
+        let with = |k: &str, v: Value| {
+            let mut p = base.clone();
+            p[k] = v;
+            p
+        };
+        let invalid_cases = [
+            (
+                with("test_fraction", json!(0.3)),
+                "params.split_column and params.test_fraction exclude each other",
+            ),
+            (
+                with("features", json!(["x1", "as_int"])),
+                "params.split_column `as_int` is also a feature or the target",
+            ),
+            (
+                with("target", json!("as_int")),
+                "params.split_column `as_int` is also a feature or the target",
+            ),
+            (
+                with("split_column", json!("nope")),
+                "params.split_column: column `nope` is not in dataset `d`",
+            ),
+            (
+                with("split_column", json!(3)),
+                "params.split_column must be a non-empty string",
+            ),
+        ];
+        for (params, expected) in invalid_cases {
+            let e = err(&csv, params.clone());
+            assert_eq!(e.code, failure::INVALID_PARAMS, "{params}: {e:?}");
+            assert!(e.message.contains(expected), "{params}: {}", e.message);
+        }
+
+        // A numeric column is accepted, but only with 0/1 in it.
+        let e = err(&csv, with("split_column", json!("x2")));
+        assert_eq!(e.code, failure::DATA_ERROR, "{e:?}");
+        assert!(
+            e.message.contains("params.split_column: column `x2` holds"),
+            "{}",
+            e.message
+        );
+
+        // Values other than true/1, false/0 in a usable row are data errors naming row and field.
+        let mut bad = "x,y,mark\n".to_owned();
+        for i in 0..20 {
+            let mark = match i {
+                5 => "2".to_owned(),
+                _ => (i % 2).to_string(),
+            };
+            writeln!(bad, "{i},{},{mark}", 2 * i).unwrap();
+        }
+        let p = json!({"dataset": "d", "model": "linear_regression", "features": ["x"], "target": "y", "split_column": "mark"});
+        let e = err(&bad, p.clone());
+        assert_eq!(e.code, failure::DATA_ERROR, "{e:?}");
+        assert!(
+            e.message
+                .contains("params.split_column: column `mark` holds 2.0 in row 5"),
+            "{}",
+            e.message
+        );
+        for (value, shown) in [("yes", "\"yes\""), ("", "null"), ("0.5", "\"0.5\"")] {
+            let text = bad.replacen("\n5,10,2\n", &format!("\n5,10,{value}\n"), 1);
+            let text = text.replacen("\n6,12,0\n", "\n6,12,false\n", 1);
+            let e = err(&text, p.clone());
+            assert_eq!(e.code, failure::DATA_ERROR, "{value}: {e:?}");
+            assert!(
+                e.message.contains(&format!("holds {shown} in row 5")),
+                "{value}: {}",
+                e.message
+            );
+        }
+        // A split that leaves too few test rows.
+        let few = bad
+            .replace(",1\n", ",0\n")
+            .replacen("\n5,10,2\n", "\n5,10,1\n", 1);
+        let e = err(&few, p);
+        assert_eq!(e.code, failure::DATA_ERROR, "{e:?}");
+        assert!(e.message.contains("1 test rows"), "{}", e.message);
+    }
+
+    /// Lloyd's algorithm from `init` until no centroid moves, written out plainly.
+    fn lloyd(x: &[(f64, f64)], init: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        let mut c = init.to_vec();
+        for _ in 0..100 {
+            let mut sums = vec![(0.0, 0.0, 0usize); c.len()];
+            for p in x {
+                let d = |q: &(f64, f64)| (p.0 - q.0).powi(2) + (p.1 - q.1).powi(2);
+                let nearest = (0..c.len())
+                    .min_by(|&a, &b| d(&c[a]).total_cmp(&d(&c[b])))
+                    .unwrap();
+                sums[nearest].0 += p.0;
+                sums[nearest].1 += p.1;
+                sums[nearest].2 += 1;
+            }
+            let next: Vec<(f64, f64)> = sums
+                .iter()
+                .zip(&c)
+                .map(|(s, old)| {
+                    if s.2 == 0 {
+                        *old
+                    } else {
+                        (s.0 / s.2 as f64, s.1 / s.2 as f64)
+                    }
+                })
+                .collect();
+            if next == c {
+                break;
+            }
+            c = next;
+        }
+        c
+    }
+
+    #[test]
+    fn init_centroids_start_a_single_k_means_run() {
+        let csv = kmeans_csv();
+        let points: Vec<(f64, f64)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').take(2).map(|x| x.parse().unwrap()).collect();
+                (v[0], v[1])
+            })
+            .collect();
+        // A poor start (two centroids in the first blob, one between the others) ends in the
+        // local minimum Lloyd reaches from it, not where the best seeded k-means++ run would.
+        let init = [(-0.5, 0.0), (0.5, 0.0), (15.0, 5.0)];
+        let params = json!({"dataset": "d", "model": "kmeans", "features": ["a", "b"], "k": 3,
+                            "init_centroids": [[-0.5, 0.0], [0.5, 0.0], [15.0, 5.0]]});
+        let (r, _) = model(&csv, params.clone()).unwrap();
+        let p = &r["parameters"];
+        assert_eq!(p["runs"], 1);
+        assert_eq!(p["init"], "precomputed");
+        let ours: Vec<(f64, f64)> = p["centroids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (f(&c["a"]), f(&c["b"])))
+            .collect();
+        // linfa stops once the centroids move less than 1e-4 in total, so the last bits of
+        // Lloyd's fixed point may be missing.
+        for (o, t) in ours.iter().zip(lloyd(&points, &init)) {
+            assert!(
+                (o.0 - t.0).abs() < 1e-4 && (o.1 - t.1).abs() < 1e-4,
+                "{ours:?} vs {t:?}"
+            );
+        }
+        let (seeded, _) = model(
+            &csv,
+            json!({"dataset": "d", "model": "kmeans", "features": ["a", "b"], "k": 3}),
+        )
+        .unwrap();
+        assert_eq!(seeded["parameters"]["init"], "k-means++");
+        assert_eq!(seeded["parameters"]["runs"], KMEANS_RUNS);
+        assert!(
+            f(&r["metrics"]["inertia"]) > 2.0 * f(&seeded["metrics"]["inertia"]),
+            "{} vs {}",
+            r["metrics"],
+            seeded["metrics"]
+        );
+        // Same start, same result.
+        assert_eq!(model(&csv, params).unwrap().0, r);
+    }
+
+    #[test]
+    fn init_centroids_errors_name_the_field() {
+        let csv = kmeans_csv();
+        let km = |extra: Value| {
+            let mut p = json!({"dataset": "d", "model": "kmeans", "features": ["a", "b"]});
+            p.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            p
+        };
+        let cases = [
+            (
+                km(json!({"init_centroids": [[0, 0], [1, 1]]})),
+                "params.init_centroids holds 2 centroids but params.k is 3",
+            ),
+            (
+                km(json!({"k": 2, "init_centroids": [[0, 0], [1, 1], [2, 2]]})),
+                "params.init_centroids holds 3 centroids but params.k is 2",
+            ),
+            (
+                km(json!({"k": 2, "init_centroids": [[0, 0], [1, 1, 1]]})),
+                "params.init_centroids[1] holds 3 numbers but params.features lists 2 columns",
+            ),
+            (
+                km(json!({"k": 2, "init_centroids": [[0, 0], 1]})),
+                "params.init_centroids[1] must be an array of 2 numbers",
+            ),
+            (
+                km(json!({"k": 2, "init_centroids": [[0, "x"], [1, 1]]})),
+                "params.init_centroids[0][1] must be a finite number (got \"x\")",
+            ),
+            (
+                km(json!({"k": 1, "init_centroids": [[0, null]]})),
+                "params.init_centroids[0][1] must be a finite number",
+            ),
+            (
+                km(json!({"init_centroids": "centre"})),
+                "params.init_centroids must be an array of 3 centroids",
+            ),
+            (
+                json!({"dataset": "d", "model": "decision_tree", "features": ["a"], "target": "class", "init_centroids": [[0]]}),
+                "params.init_centroids applies to model kmeans only",
+            ),
+        ];
+        for (params, expected) in cases {
+            let e = err(&csv, params.clone());
+            assert_eq!(e.code, failure::INVALID_PARAMS, "{params}: {e:?}");
+            assert!(e.message.contains(expected), "{params}: {}", e.message);
         }
     }
 
