@@ -73,9 +73,10 @@ fn run(cat: &Catalog, code: u16, params: &Value) -> (Value, Vec<(String, Vec<u8>
     let dir = TempScratch::new();
     // The scratch directory lives (and is removed) with this value: keep it until read.
     let scratch = dir.scratch();
-    let Output { result, artifacts } =
-        operations::run(code, params, cat, &ProgressReporter::discard(), &scratch)
-            .unwrap_or_else(|e| panic!("{params}: {e:?}"));
+    let Output {
+        result, artifacts, ..
+    } = operations::run(code, params, cat, &ProgressReporter::discard(), &scratch)
+        .unwrap_or_else(|e| panic!("{params}: {e:?}"));
     let files = artifacts
         .iter()
         .map(|a| {
