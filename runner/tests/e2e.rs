@@ -1053,3 +1053,134 @@ async fn cancelling_a_long_filter_stops_it_within_a_second_and_frees_the_slot() 
     assert_eq!(done["status"], "completed", "{done}");
     rig.finish().await;
 }
+
+#[tokio::test]
+async fn bad_inputs_fail_their_task_with_a_typed_code_and_the_runner_serves_on() {
+    let rig = rig("bad-inputs").await;
+    // `people`: id, name (text), age (empty on some rows), score.
+    let cases = [
+        (
+            json!({"operation_code": 100, "params": {"dataset": "people", "columns": ["nope"]}}),
+            "invalid_params",
+            "params.columns",
+        ),
+        (
+            json!({"operation_code": 100, "params": {"dataset": "people", "limit": -1}}),
+            "invalid_params",
+            "params.limit",
+        ),
+        (
+            json!({"operation_code": 200, "params": {"dataset": "people",
+            "where": {"column": "age", "op": "like", "value": 3}}}),
+            "invalid_params",
+            "params.where.op",
+        ),
+        (
+            json!({"operation_code": 200, "params": {"dataset": "people",
+            "where": {"column": "name", "op": "gt", "value": 3}}}),
+            "invalid_params",
+            "params.where",
+        ),
+        (
+            json!({"operation_code": 200, "params": {"dataset": "people",
+            "group_by": {"by": ["name"], "aggregations": [{"column": "score", "fn": "avg"}]}}}),
+            "invalid_params",
+            "params.group_by.aggregations[0].fn",
+        ),
+        (
+            json!({"operation_code": 300, "params": {"dataset": "people", "model": "linear_regression",
+            "features": ["name"], "target": "score"}}),
+            "invalid_params",
+            "params.features",
+        ),
+        (
+            json!({"operation_code": 300, "params": {"dataset": "people", "model": "linear_regression",
+            "features": ["id"]}}),
+            "invalid_params",
+            "params.target",
+        ),
+        (
+            json!({"operation_code": 300, "params": {"dataset": "people", "model": "linear_regression",
+            "features": ["id"], "target": "score", "split_column": "id"}}),
+            "invalid_params",
+            "params.split_column",
+        ),
+        (
+            json!({"operation_code": 300, "params": {"dataset": "people", "model": "kmeans",
+            "features": ["id", "score"], "k": 2000}}),
+            "invalid_params",
+            "params.k",
+        ),
+        (
+            json!({"operation_code": 400, "params": {"dataset": "people", "format": "xlsx"}}),
+            "invalid_params",
+            "params.format",
+        ),
+        (
+            json!({"operation_code": 400, "params": {"dataset": "../etc/passwd", "format": "csv"}}),
+            "",
+            "",
+        ),
+    ];
+    for (body, code, field) in cases {
+        let (st, t) = rig.create(body.clone()).await;
+        if code.is_empty() {
+            // Path-like dataset names are refused at the REST door, nothing stored.
+            assert_eq!(st, 422, "{body} -> {t}");
+            assert_eq!(t["error"]["code"], "path_not_allowed", "{t}");
+            continue;
+        }
+        assert_eq!(st, 201, "{body} -> {t}");
+        let id = t["task_id"].as_str().unwrap().to_owned();
+        let done = wait_status(&rig.srv, &rig.key, &id, &["completed", "failed"], 30).await;
+        assert_eq!(done["status"], "failed", "{body} -> {done}");
+        assert_eq!(done["error"]["code"], code, "{body} -> {done}");
+        let message = done["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(field),
+            "{body}: message {message:?} should name {field}"
+        );
+    }
+    // Too few rows for a model: a data error, not a panic.
+    let (_, t) = rig
+        .create(
+            json!({"operation_code": 300, "params": {"dataset": "people",
+            "where": {"column": "id", "op": "lt", "value": 3},
+            "model": "linear_regression", "features": ["id"], "target": "score"}}),
+        )
+        .await;
+    // (op 300 takes no `where`: refused as an unknown parameter.)
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&rig.srv, &rig.key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["error"]["code"], "invalid_params", "{done}");
+    let (few, _) = rig
+        .run_ok(
+            json!({"operation_code": 200, "params": {"dataset": "people",
+            "where": {"column": "id", "op": "lt", "value": 3}}}),
+        )
+        .await;
+    let (_, t) = rig
+        .create(
+            json!({"operation_code": 300, "params": {"input": {"task_id": few},
+            "model": "linear_regression", "features": ["id"], "target": "score"}}),
+        )
+        .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&rig.srv, &rig.key, &id, &["completed", "failed"], 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "data_error", "{done}");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too few rows"),
+        "{done}"
+    );
+
+    // And the runner is still serving.
+    let (_, res) = rig
+        .run_ok(json!({"operation_code": 100, "params": {"dataset": "people", "limit": 2}}))
+        .await;
+    assert_eq!(res["result_data"]["rows"].as_array().unwrap().len(), 2);
+    rig.finish().await;
+}
