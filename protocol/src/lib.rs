@@ -225,6 +225,10 @@ pub enum ServerMessage {
     Assign(Assignment),
     /// Stop this task; answer with a `failed` message whose code is `cancelled`.
     Cancel { task_id: String, attempt: u32 },
+    /// The server is done with this attempt's `completed`/`failed`: it is committed, or was
+    /// refused for good (a superseded attempt, a duplicate). The runner may forget it (and
+    /// delete it from its on-disk outbox); until then it resends it after every reconnect.
+    Ack { task_id: String, attempt: u32 },
 }
 
 impl RunnerMessage {

@@ -402,7 +402,17 @@ impl Link<'_> {
             slots: self.config.slots,
             operations: operations::SUPPORTED.to_vec(),
             datasets: self.catalog.infos(),
-            running: self.executor.running(),
+            running: {
+                // Tasks still executing, and results on disk the server has not acknowledged
+                // (it keeps their leases until it hears them).
+                let mut running = self.executor.running();
+                for t in self.outbox.unacknowledged() {
+                    if !running.contains(&t) {
+                        running.push(t);
+                    }
+                }
+                running
+            },
         })
     }
 
@@ -436,6 +446,13 @@ impl Link<'_> {
             })) => {
                 tracing::info!(%runner_id, server = %self.config.server, "connected");
                 self.executor.connected();
+                let n = self.outbox.resend_unacknowledged();
+                if n > 0 {
+                    tracing::info!(
+                        count = n,
+                        "sending results the server has not acknowledged yet"
+                    );
+                }
                 Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT)
             }
             Ok(Incoming::Message(other)) => {
@@ -473,6 +490,9 @@ impl Link<'_> {
                         Ok(Incoming::Message(ServerMessage::Assign(a))) => self.executor.assign(a),
                         Ok(Incoming::Message(ServerMessage::Cancel { task_id, attempt })) => {
                             self.executor.cancel(&task_id, attempt)
+                        }
+                        Ok(Incoming::Message(ServerMessage::Ack { task_id, attempt })) => {
+                            self.outbox.acknowledged(&task_id, attempt)
                         }
                         Ok(Incoming::Message(ServerMessage::Welcome { .. })) => {
                             tracing::debug!("ignoring a second welcome")

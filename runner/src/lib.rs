@@ -214,7 +214,20 @@ pub async fn run(
         );
     }
 
-    let outbox = Arc::new(Outbox::new(outbox::DEFAULT_CAPACITY));
+    let journal = state_dir.join("outbox");
+    let outbox = Outbox::with_journal(outbox::DEFAULT_CAPACITY, &journal).map_err(|e| {
+        RunnerError::Config(format!(
+            "state directory {}: {e} (set --state-dir)",
+            journal.display()
+        ))
+    })?;
+    if !outbox.is_empty() {
+        tracing::info!(
+            count = outbox.len(),
+            "results from before the restart will be sent once connected"
+        );
+    }
+    let outbox = Arc::new(outbox);
     let uploader = Uploader::new(&config.server, &config.token).map_err(RunnerError::Config)?;
     let executor = Executor::new(
         config.slots,
@@ -259,7 +272,9 @@ mod tests {
             slots: 0,
             datasets: vec![],
             show_progress_bars: false,
-            state_dir: None,
+            state_dir: Some(
+                std::env::temp_dir().join(format!("dap-runner-test-{}", std::process::id())),
+            ),
             keep_outputs_bytes: 0,
         };
         let err = run(config, std::future::pending()).await.unwrap_err();
@@ -276,7 +291,9 @@ mod tests {
             slots: 1,
             datasets: vec![],
             show_progress_bars: false,
-            state_dir: None,
+            state_dir: Some(
+                std::env::temp_dir().join(format!("dap-runner-test-{}", std::process::id())),
+            ),
             keep_outputs_bytes: 0,
         };
         let stop = tokio::time::sleep(std::time::Duration::from_millis(300));

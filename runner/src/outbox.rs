@@ -8,13 +8,18 @@
 //! and (3) is cancel-safe: the writer peeks, sends, then acknowledges, so a message whose send was
 //! interrupted by a dropped link stays queued. Terminal messages sent shortly before a link died
 //! may not have reached the server; [`Outbox::requeue_recent`] puts them back to be sent again
-//! (the server de-duplicates). Memory only: a runner restart forgets the queue.
+//! (the server de-duplicates). With a journal ([`Outbox::with_journal`]) every completion and
+//! failure is also written to disk before it is queued, and stays there until the server
+//! acknowledges it (`ack`): a runner killed after finishing a task sends the result after it
+//! restarts, and lists the task in its greeting so the server keeps the lease meanwhile.
+//! Progress is never journaled (the next report supersedes it).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dap_protocol::RunnerMessage;
+use dap_protocol::{RunnerMessage, RunningTask};
 use tokio::sync::Notify;
 
 /// Default bound on queued messages (progress is dropped beyond it; terminals never are).
@@ -38,6 +43,8 @@ struct State {
     /// Terminal messages already written to a socket, with when.
     sent_terminal: VecDeque<(Instant, RunnerMessage)>,
     dropped_progress: u64,
+    /// Journaled terminals the server has not acknowledged yet, by (task, attempt).
+    unacked: BTreeMap<(String, u32), RunnerMessage>,
 }
 
 impl State {
@@ -53,6 +60,38 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    /// Directory of journaled terminals, one `<task_id>.<attempt>.json` each.
+    journal: Option<PathBuf>,
+}
+
+fn terminal_key(m: &RunnerMessage) -> Option<(&str, u32)> {
+    match m {
+        RunnerMessage::Completed(c) => Some((c.task_id.as_str(), c.attempt)),
+        RunnerMessage::Failed(f) => Some((f.task_id.as_str(), f.attempt)),
+        _ => None,
+    }
+}
+
+/// The journal file of a terminal; task ids are server UUIDs, anything else is not journaled.
+fn journal_file(dir: &Path, task_id: &str, attempt: u32) -> Option<PathBuf> {
+    crate::outputs::valid_task_id(task_id).then(|| dir.join(format!("{task_id}.{attempt}.json")))
+}
+
+/// Write `bytes` to `path` durably: temp file, fsync, rename.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename itself must survive a power cut too.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn progress_key(m: &RunnerMessage) -> Option<(&str, u32)> {
@@ -72,6 +111,81 @@ impl Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            journal: None,
+        }
+    }
+
+    /// An outbox that journals completions and failures in `dir` (created), with whatever an
+    /// earlier run left there queued to be sent first. Unreadable journal files are removed.
+    pub fn with_journal(capacity: usize, dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let mut found: Vec<(std::time::SystemTime, RunnerMessage)> = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let message = std::fs::read(&path)
+                .ok()
+                .filter(|_| path.extension().is_some_and(|e| e == "json"))
+                .and_then(|b| serde_json::from_slice::<RunnerMessage>(&b).ok())
+                .filter(|m| terminal_key(m).is_some());
+            match message {
+                Some(m) => {
+                    let t = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((t, m));
+                }
+                None => {
+                    tracing::warn!(file = %path.display(), "removing an unreadable outbox journal file");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        found.sort_by_key(|(t, _)| *t);
+        let mut outbox = Self::new(capacity);
+        outbox.journal = Some(dir);
+        {
+            let mut st = outbox.lock();
+            for (_, m) in found {
+                let (task, attempt) = terminal_key(&m).expect("filtered to terminals");
+                st.unacked.insert((task.to_owned(), attempt), m.clone());
+                let seq = st.seq();
+                st.queue.push_back(Queued {
+                    seq,
+                    message: m,
+                    milestone: false,
+                });
+            }
+        }
+        Ok(outbox)
+    }
+
+    /// Completions and failures not yet acknowledged by the server, as the greeting lists
+    /// them (so the server keeps their leases until it hears them).
+    pub fn unacknowledged(&self) -> Vec<RunningTask> {
+        self.lock()
+            .unacked
+            .keys()
+            .map(|(task_id, attempt)| RunningTask {
+                task_id: task_id.clone(),
+                attempt: *attempt,
+            })
+            .collect()
+    }
+
+    /// The server acknowledged this attempt's result: forget it, on disk too.
+    pub fn acknowledged(&self, task_id: &str, attempt: u32) {
+        let mut st = self.lock();
+        st.unacked.remove(&(task_id.to_owned(), attempt));
+        st.sent_terminal
+            .retain(|(_, m)| terminal_key(m) != Some((task_id, attempt)));
+        drop(st);
+        if let Some(path) = self
+            .journal
+            .as_deref()
+            .and_then(|d| journal_file(d, task_id, attempt))
+        {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -96,6 +210,25 @@ impl Outbox {
     }
 
     fn enqueue(&self, message: RunnerMessage, milestone: bool) {
+        if let (Some(dir), Some((task_id, attempt))) = (&self.journal, terminal_key(&message)) {
+            if let Some(path) = journal_file(dir, task_id, attempt) {
+                // On disk before it can be sent: a crash after this loses nothing.
+                match serde_json::to_vec(&message) {
+                    Ok(bytes) => {
+                        if let Err(e) = write_durably(&path, &bytes) {
+                            tracing::warn!(
+                                task_id,
+                                "could not journal the result (it is still sent): {e}"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(task_id, "could not encode the result: {e}"),
+                }
+                self.lock()
+                    .unacked
+                    .insert((task_id.to_owned(), attempt), message.clone());
+            }
+        }
         {
             let mut st = self.lock();
             let seq = st.seq();
@@ -183,13 +316,54 @@ impl Outbox {
     /// at or after `since` (it may never have reached the server). Returns how many.
     pub fn requeue_recent(&self, since: Instant) -> usize {
         let mut st = self.lock();
-        let recent: Vec<RunnerMessage> = std::mem::take(&mut st.sent_terminal)
+        let mut recent: Vec<RunnerMessage> = std::mem::take(&mut st.sent_terminal)
             .into_iter()
             .filter(|(t, _)| *t >= since)
             .map(|(_, m)| m)
             .collect();
+        // Journaled results the server never acknowledged go again too, however old.
+        let unacked: Vec<RunnerMessage> = st
+            .unacked
+            .values()
+            .filter(|m| {
+                let key = terminal_key(m);
+                !recent.iter().any(|r| terminal_key(r) == key)
+                    && !st.queue.iter().any(|q| terminal_key(&q.message) == key)
+            })
+            .cloned()
+            .collect();
+        recent.extend(unacked);
         let n = recent.len();
         for message in recent.into_iter().rev() {
+            let seq = st.seq();
+            st.queue.push_front(Queued {
+                seq,
+                message,
+                milestone: false,
+            });
+        }
+        drop(st);
+        if n > 0 {
+            self.notify.notify_one();
+        }
+        n
+    }
+
+    /// At the start of a session: queue again, ahead of everything else, every journaled result
+    /// the server has not acknowledged and that is not queued already. Returns how many.
+    pub fn resend_unacknowledged(&self) -> usize {
+        let mut st = self.lock();
+        let again: Vec<RunnerMessage> = st
+            .unacked
+            .values()
+            .filter(|m| {
+                let key = terminal_key(m);
+                !st.queue.iter().any(|q| terminal_key(&q.message) == key)
+            })
+            .cloned()
+            .collect();
+        let n = again.len();
+        for message in again.into_iter().rev() {
             let seq = st.seq();
             st.queue.push_front(Queued {
                 seq,
@@ -220,6 +394,11 @@ impl Outbox {
     /// How many progress messages were dropped because the queue was full.
     pub fn dropped_progress(&self) -> u64 {
         self.lock().dropped_progress
+    }
+
+    /// The oldest queued message, if any, without waiting (tests and diagnostics).
+    pub fn queue_front(&self) -> Option<Queued> {
+        self.lock().queue.front().cloned()
     }
 
     /// A copy of the queue, oldest first (for diagnostics and tests).
@@ -369,5 +548,51 @@ mod tests {
             .expect("peek woke up")
             .expect("task ran");
         assert_eq!(got, completed("z"));
+    }
+
+    #[test]
+    fn journaled_results_survive_a_restart_until_acknowledged() {
+        let dir = crate::test_support::TempDir::new();
+        let journal = dir.path().join("outbox");
+        let o = Outbox::with_journal(10, &journal).unwrap();
+        o.push(progress("t1", 50));
+        o.push(completed("t1"));
+        o.push(failed("t2"));
+        let files = || std::fs::read_dir(&journal).unwrap().count();
+        assert_eq!(files(), 2, "completions and failures on disk, progress not");
+        // Sent on a link (written, not yet acknowledged by the server) …
+        for _ in 0..3 {
+            let q = o.queue_front().unwrap();
+            o.ack(q.seq);
+        }
+        assert!(o.is_empty());
+        // … then the runner dies. A new one sends them first and lists them in its greeting.
+        drop(o);
+        let o = Outbox::with_journal(10, &journal).unwrap();
+        let mut queued = o.snapshot();
+        queued.sort_by_key(|m| terminal_key(m).map(|(t, _)| t.to_owned()));
+        assert_eq!(queued, vec![completed("t1"), failed("t2")]);
+        let listed: Vec<String> = o.unacknowledged().into_iter().map(|t| t.task_id).collect();
+        assert_eq!(listed, ["t1", "t2"]);
+
+        // Acknowledged: gone from disk and never resent.
+        o.acknowledged("t1", 1);
+        assert_eq!(files(), 1);
+        assert_eq!(o.unacknowledged().len(), 1);
+        while let Some(q) = o.queue_front() {
+            o.ack(q.seq);
+        }
+        assert_eq!(o.resend_unacknowledged(), 1, "only t2 goes again");
+        assert_eq!(o.snapshot(), vec![failed("t2")]);
+        assert_eq!(o.resend_unacknowledged(), 0, "already queued");
+        o.acknowledged("t2", 1);
+        assert_eq!(files(), 0);
+
+        // Debris (a torn temp file, garbage) is removed at open.
+        std::fs::write(journal.join("t9.1.json.tmp"), b"{").unwrap();
+        std::fs::write(journal.join("t8.1.json"), b"not json").unwrap();
+        let o = Outbox::with_journal(10, &journal).unwrap();
+        assert!(o.is_empty());
+        assert_eq!(files(), 0);
     }
 }

@@ -1184,3 +1184,106 @@ async fn bad_inputs_fail_their_task_with_a_typed_code_and_the_runner_serves_on()
     assert_eq!(res["result_data"]["rows"].as_array().unwrap().len(), 2);
     rig.finish().await;
 }
+
+#[tokio::test]
+async fn a_result_finished_while_the_server_was_down_survives_a_runner_crash() {
+    let dir = temp_dir("journal");
+    let csv = write_csv(&dir);
+    let big = dir.join("big.csv");
+    write_big_csv(&big, 6_000_000);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let addr = srv.addr;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let config = {
+        let mut c = runner_config(&srv, &token, &csv);
+        c.datasets.push(DatasetSpec {
+            name: "big".into(),
+            path: big.clone(),
+            format: DatasetFormat::Csv,
+        });
+        c
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let first_runner = tokio::spawn(dap_runner::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    wait_runner_online(&srv, &key).await;
+
+    // A fetch of the last rows reads the whole big file: long enough to take the server away.
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 100,
+                    "params": {"dataset": "big", "offset": 5_999_998, "limit": 5}})),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_status(&srv, &key, &id, &["running"], 30).await;
+    srv.shutdown().await;
+
+    // The runner finishes without a server: the result lands in its on-disk outbox.
+    let find = || {
+        walk(&dir.join("state")).into_iter().find(|p| {
+            p.parent().is_some_and(|d| d.ends_with("outbox"))
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{id}.")))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let journal = loop {
+        if let Some(p) = find() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no journaled result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Crash: the runner is gone without a goodbye, its memory with it.
+    first_runner.abort();
+    let _ = first_runner.await;
+    drop(stop);
+
+    // Server back on the same address and data; a new runner process with the same state dir.
+    let srv = start_server(&dir.join("srv"), Some(addr)).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(config, async {
+        let _ = stopped.await;
+    }));
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1, "kept its lease, never requeued: {done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    let rows = res["result_data"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{res}");
+    assert_eq!(res["result_data"]["row_count"], 6_000_000);
+    // Acknowledged → removed from disk.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journal never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    runner.await.unwrap().unwrap();
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

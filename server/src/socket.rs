@@ -283,26 +283,37 @@ async fn handle(
             let _ = s.store.writer().enqueue(op).await;
         }
         RunnerMessage::Completed(c) => {
-            finish(s, runner_id, c.task_id, c.attempt, Ok(c.result_data)).await;
+            finish(s, runner_id, tx, c.task_id, c.attempt, Ok(c.result_data)).await;
         }
         RunnerMessage::Failed(f) => {
             let mut e = f.error;
             e.code = truncate(e.code, 64);
             e.message = truncate(e.message, 2000);
-            finish(s, runner_id, f.task_id, f.attempt, Err(e)).await;
+            finish(s, runner_id, tx, f.task_id, f.attempt, Err(e)).await;
         }
     }
 }
 
+/// Record a result, then acknowledge it to the runner (which then forgets it); a result of an
+/// attempt this runner does not hold is refused for good and acknowledged at once.
 async fn finish(
     s: &AppState,
     runner_id: &str,
+    tx: &mpsc::UnboundedSender<Outbound>,
     task_id: String,
     attempt: u32,
     result: Result<serde_json::Value, dap_protocol::TaskError>,
 ) {
+    let ack = {
+        let tx = tx.clone();
+        let task_id = task_id.clone();
+        move || {
+            let _ = tx.send(Outbound::Send(ServerMessage::Ack { task_id, attempt }));
+        }
+    };
     if !s.dispatcher.holds(runner_id, &task_id, attempt) {
         tracing::debug!(%runner_id, %task_id, attempt, "result of a superseded or finished attempt refused");
+        ack();
         return;
     }
     let op = WriteOp::Finish {
@@ -318,8 +329,11 @@ async fn finish(
     let s = s.clone();
     let runner_id = runner_id.to_owned();
     tokio::spawn(async move {
-        if let Ok(Err(e)) = done.await {
-            tracing::error!(error = %e, %task_id, "recording a result failed");
+        match done.await {
+            Ok(Ok(_)) => ack(),
+            // Not acknowledged: the runner sends it again after its next reconnect.
+            Ok(Err(e)) => tracing::error!(error = %e, %task_id, "recording a result failed"),
+            Err(_) => {}
         }
         s.dispatcher.release(&runner_id, &task_id, attempt).await;
     });
