@@ -240,6 +240,8 @@ pub fn dataset(name: &str) -> DatasetInfo {
 pub struct ProtoRunner {
     pub ws: Ws,
     pub runner_id: String,
+    /// `ack`s heard so far (skipped by [`next`](Self::next)), as (task, attempt).
+    pub acks: Vec<(String, u32)>,
 }
 
 impl ProtoRunner {
@@ -279,11 +281,41 @@ impl ProtoRunner {
             Some(ServerMessage::Welcome { runner_id, .. }) => runner_id,
             other => panic!("expected welcome, got {other:?}"),
         };
-        Self { ws, runner_id }
+        Self {
+            ws,
+            runner_id,
+            acks: Vec::new(),
+        }
     }
 
+    /// The next message other than an `ack` (acks are recorded in [`acks`](Self::acks)).
     pub async fn next(&mut self, secs: u64) -> Option<ServerMessage> {
-        next_server_message(&mut self.ws, secs).await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next_server_message_within(&mut self.ws, left).await {
+                Some(ServerMessage::Ack { task_id, attempt }) => self.acks.push((task_id, attempt)),
+                other => return other,
+            }
+        }
+    }
+
+    /// Wait until the server acknowledged `task_id`'s `attempt` (its result is committed).
+    pub async fn wait_ack(&mut self, task_id: &str, attempt: u32, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !self.acks.iter().any(|(t, a)| t == task_id && *a == attempt) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no ack for {task_id}/{attempt}; acks: {:?}",
+                self.acks
+            );
+            match next_server_message_within(&mut self.ws, left).await {
+                Some(ServerMessage::Ack { task_id, attempt }) => self.acks.push((task_id, attempt)),
+                Some(other) => panic!("expected an ack, got {other:?}"),
+                None => panic!("socket ended while waiting for an ack of {task_id}"),
+            }
+        }
     }
 
     pub async fn next_assignment(&mut self, secs: u64) -> Assignment {
@@ -323,7 +355,11 @@ impl ProtoRunner {
 
 /// Next protocol message (skipping pings); `None` on close or after `secs` of silence.
 pub async fn next_server_message(ws: &mut Ws, secs: u64) -> Option<ServerMessage> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    next_server_message_within(ws, Duration::from_secs(secs)).await
+}
+
+pub async fn next_server_message_within(ws: &mut Ws, within: Duration) -> Option<ServerMessage> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
         match m {

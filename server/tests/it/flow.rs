@@ -57,6 +57,8 @@ async fn create_push_progress_complete_result_and_sse() {
         .complete(&a, json!({ "row_count": 3, "rows": [[1], [2], [3]] }))
         .await;
     let t = srv.wait_status(&task_id, "completed", 5).await;
+    // The runner is told the result is durable (it may now forget it).
+    runner.wait_ack(&a.task_id, a.attempt, 5).await;
     assert_eq!(t["progress"], 100);
     assert!(t["finished_at"].is_string() && t["started_at"].is_string());
     let (st, v) = srv

@@ -119,7 +119,8 @@ async fn after_the_grace_period_the_task_moves_to_another_runner_and_the_late_re
         other => panic!("expected a cancel of the superseded attempt, got {other:?}"),
     }
     ra.complete(&a1, json!({"from": "a"})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Refused for good, so acknowledged: the runner must not keep resending it.
+    ra.wait_ack(&id, 1, 5).await;
     assert_eq!(srv.task(&id).await["status"], "assigned");
     rb.complete(&b2, json!({"from": "b"})).await;
     srv.wait_status(&id, "completed", 5).await;
