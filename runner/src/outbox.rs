@@ -52,6 +52,32 @@ impl State {
         self.next_seq += 1;
         self.next_seq
     }
+
+    /// Put `messages` and then every unacknowledged journaled result not among them or queued
+    /// already at the front of the queue, in that order. Returns how many.
+    fn requeue_front(&mut self, mut messages: Vec<RunnerMessage>) -> usize {
+        let unacked: Vec<RunnerMessage> = self
+            .unacked
+            .values()
+            .filter(|m| {
+                let key = terminal_key(m);
+                !messages.iter().any(|r| terminal_key(r) == key)
+                    && !self.queue.iter().any(|q| terminal_key(&q.message) == key)
+            })
+            .cloned()
+            .collect();
+        messages.extend(unacked);
+        let n = messages.len();
+        for message in messages.into_iter().rev() {
+            let seq = self.seq();
+            self.queue.push_front(Queued {
+                seq,
+                message,
+                milestone: false,
+            });
+        }
+        n
+    }
 }
 
 /// See the module docs.
@@ -316,62 +342,24 @@ impl Outbox {
     /// at or after `since` (it may never have reached the server). Returns how many.
     pub fn requeue_recent(&self, since: Instant) -> usize {
         let mut st = self.lock();
-        let mut recent: Vec<RunnerMessage> = std::mem::take(&mut st.sent_terminal)
+        let recent: Vec<RunnerMessage> = std::mem::take(&mut st.sent_terminal)
             .into_iter()
             .filter(|(t, _)| *t >= since)
             .map(|(_, m)| m)
             .collect();
         // Journaled results the server never acknowledged go again too, however old.
-        let unacked: Vec<RunnerMessage> = st
-            .unacked
-            .values()
-            .filter(|m| {
-                let key = terminal_key(m);
-                !recent.iter().any(|r| terminal_key(r) == key)
-                    && !st.queue.iter().any(|q| terminal_key(&q.message) == key)
-            })
-            .cloned()
-            .collect();
-        recent.extend(unacked);
-        let n = recent.len();
-        for message in recent.into_iter().rev() {
-            let seq = st.seq();
-            st.queue.push_front(Queued {
-                seq,
-                message,
-                milestone: false,
-            });
-        }
-        drop(st);
-        if n > 0 {
-            self.notify.notify_one();
-        }
-        n
+        let n = st.requeue_front(recent);
+        self.woke(n)
     }
 
     /// At the start of a session: queue again, ahead of everything else, every journaled result
     /// the server has not acknowledged and that is not queued already. Returns how many.
     pub fn resend_unacknowledged(&self) -> usize {
-        let mut st = self.lock();
-        let again: Vec<RunnerMessage> = st
-            .unacked
-            .values()
-            .filter(|m| {
-                let key = terminal_key(m);
-                !st.queue.iter().any(|q| terminal_key(&q.message) == key)
-            })
-            .cloned()
-            .collect();
-        let n = again.len();
-        for message in again.into_iter().rev() {
-            let seq = st.seq();
-            st.queue.push_front(Queued {
-                seq,
-                message,
-                milestone: false,
-            });
-        }
-        drop(st);
+        let n = self.lock().requeue_front(Vec::new());
+        self.woke(n)
+    }
+
+    fn woke(&self, n: usize) -> usize {
         if n > 0 {
             self.notify.notify_one();
         }

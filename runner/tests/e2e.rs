@@ -151,6 +151,44 @@ async fn wait_runner_online(srv: &Server, key: &str) -> Value {
     }
 }
 
+/// A real server (data in `dir/srv`) with an admin key, a runner enrolled on it (its token) and
+/// the `people` CSV written in `dir`.
+struct Enrolled {
+    dir: PathBuf,
+    csv: PathBuf,
+    srv: Server,
+    key: String,
+    token: String,
+    runner_id: String,
+}
+
+async fn enrolled(tag: &str) -> Enrolled {
+    let dir = temp_dir(tag);
+    let csv = write_csv(&dir);
+    let srv = start_server(&dir.join("srv"), None).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (st, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "e2e"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let token = r["token"].as_str().unwrap().to_owned();
+    let runner_id = r["runner_id"].as_str().unwrap().to_owned();
+    Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        runner_id,
+    }
+}
+
 /// A real server with an admin key and the real runner (declaring `people`) online.
 struct Rig {
     dir: PathBuf,
@@ -168,20 +206,14 @@ async fn rig(tag: &str) -> Rig {
 /// [`rig`] with the runner's config adjusted first (`configure` gets the config and the temp
 /// dir, e.g. to declare another dataset written there).
 async fn rig_with(tag: &str, configure: impl FnOnce(&mut RunnerConfig, &Path)) -> Rig {
-    let dir = temp_dir(tag);
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
+    let Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        ..
+    } = enrolled(tag).await;
     let (stop_runner, runner_stopped) = oneshot::channel::<()>();
     let mut config = runner_config(&srv, &token, &csv);
     configure(&mut config, &dir);
@@ -215,21 +247,14 @@ impl Rig {
 
 #[tokio::test]
 async fn fetch_on_csv_end_to_end_with_progress_and_reconnect_after_restart() {
-    let dir = temp_dir("fetch");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (st, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    assert_eq!(st, 201);
-    let token = r["token"].as_str().unwrap().to_owned();
+    let Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        ..
+    } = enrolled("fetch").await;
 
     let (stop_runner, runner_stopped) = oneshot::channel::<()>();
     let runner = tokio::spawn(dap_runner::run(runner_config(&srv, &token, &csv), async {
@@ -386,21 +411,14 @@ async fn fetch_on_csv_end_to_end_with_progress_and_reconnect_after_restart() {
 
 #[tokio::test]
 async fn revoked_runner_stops_with_an_error() {
-    let dir = temp_dir("revoke");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
-    let rid = r["runner_id"].as_str().unwrap().to_owned();
+    let Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        runner_id: rid,
+    } = enrolled("revoke").await;
     let runner = tokio::spawn(dap_runner::run(
         runner_config(&srv, &token, &csv),
         std::future::pending(),
@@ -875,20 +893,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn outputs_survive_a_runner_restart_and_a_runner_without_them_says_so() {
-    let dir = temp_dir("restart-outputs");
-    let csv = write_csv(&dir);
-    let srv = start_server(&dir.join("srv"), None).await;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
+    let Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        ..
+    } = enrolled("restart-outputs").await;
     let start = |config: RunnerConfig| {
         let (stop, stopped) = oneshot::channel::<()>();
         let join = tokio::spawn(dap_runner::run(config, async {
@@ -1187,23 +1199,17 @@ async fn bad_inputs_fail_their_task_with_a_typed_code_and_the_runner_serves_on()
 
 #[tokio::test]
 async fn a_result_finished_while_the_server_was_down_survives_a_runner_crash() {
-    let dir = temp_dir("journal");
-    let csv = write_csv(&dir);
+    let Enrolled {
+        dir,
+        csv,
+        srv,
+        key,
+        token,
+        ..
+    } = enrolled("journal").await;
     let big = dir.join("big.csv");
     write_big_csv(&big, 6_000_000);
-    let srv = start_server(&dir.join("srv"), None).await;
     let addr = srv.addr;
-    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
-        .await
-        .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "e2e"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
     let config = {
         let mut c = runner_config(&srv, &token, &csv);
         c.datasets.push(DatasetSpec {
