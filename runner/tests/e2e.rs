@@ -684,20 +684,31 @@ impl Rig {
 
     /// Create a task, wait until it completes, and return its id and result.
     async fn run_ok(&self, body: Value) -> (String, Value) {
-        let (st, t) = self.create(body.clone()).await;
-        assert_eq!(st, 201, "{body} -> {t}");
-        let id = t["task_id"].as_str().unwrap().to_owned();
-        let done = wait_status(&self.srv, &self.key, &id, &["completed", "failed"], 60).await;
-        assert_eq!(done["status"], "completed", "{body} -> {done}");
-        let (_, res) = call(
-            reqwest::Method::GET,
-            self.srv.url(&format!("/api/v1/tasks/{id}/result")),
-            &self.key,
-            None,
-        )
-        .await;
-        (id, res)
+        run_ok(&self.srv, &self.key, body).await
     }
+}
+
+/// Create a task, wait until it completes, and return its id and result.
+async fn run_ok(srv: &Server, key: &str, body: Value) -> (String, Value) {
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        key,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(st, 201, "{body} -> {t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = wait_status(srv, key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(done["status"], "completed", "{body} -> {done}");
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        key,
+        None,
+    )
+    .await;
+    (id, res)
 }
 
 #[tokio::test]
@@ -933,18 +944,10 @@ async fn outputs_survive_a_runner_restart_and_a_runner_without_them_says_so() {
     // Restarted with the same state dir: the output is still there.
     let (stop, join) = start(runner_config(&srv, &token, &csv));
     wait_runner_online(&srv, &key).await;
-    let (st, t) = create(json!({"operation_code": 100, "queue": true,
-        "params": {"input": {"task_id": first}}}))
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
-    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 30).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    let (_, res) = call(
-        reqwest::Method::GET,
-        srv.url(&format!("/api/v1/tasks/{id}/result")),
+    let (_, res) = run_ok(
+        &srv,
         &key,
-        None,
+        json!({"operation_code": 100, "queue": true, "params": {"input": {"task_id": first}}}),
     )
     .await;
     assert_eq!(res["result_data"]["row_count"], 10, "{res}");
