@@ -20,7 +20,7 @@ const MAX_NAME_LEN: usize = 128;
 const INFER_SCHEMA_ROWS: usize = 10_000;
 /// Files up to this size are counted at start so the server can show a row count; counting a
 /// bigger CSV means reading all of it, which would delay every start.
-const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A declared dataset that cannot be served. Reported at start, before connecting.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,20 @@ impl Dataset {
                 ),
             )),
         }
+    }
+
+    /// Size of the declared file now, in bytes (after the same checks as [`Dataset::scan`]).
+    pub fn file_len(&self) -> Result<u64, TaskError> {
+        let path = self.checked_path()?;
+        std::fs::metadata(path).map(|m| m.len()).map_err(|_| {
+            TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "dataset `{}` is no longer available at its declared location",
+                    self.name()
+                ),
+            )
+        })
     }
 
     fn checked_path(&self) -> Result<&Path, TaskError> {
