@@ -28,6 +28,8 @@ pub const MAX_LIMIT: u64 = 10_000;
 /// uses at start): 256 MiB of CSV count in well under a second; a 1 GB one is read for nothing
 /// when all a UI wants is the columns and a first page.
 pub const COUNT_MAX_BYTES: u64 = crate::catalog::COUNT_AT_START_MAX_BYTES;
+/// Pages ending within this many rows are read from a prefix of the file, not by a scan.
+const HEAD_MAX_ROWS: u64 = 100_000;
 
 /// Validated params of a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,12 +116,20 @@ fn run_counting_up_to(
         Vec::new()
     } else {
         let exprs: Vec<Expr> = columns.iter().map(|c| col(c.as_str())).collect();
+        let end = p.offset.saturating_add(p.limit);
         // limit ≤ MAX_LIMIT, so it fits polars' index type.
-        let page = lf
-            .select(exprs)
-            .slice(p.offset as i64, p.limit as IdxSize)
-            .collect()
-            .map_err(|e| dataset.data_error(&e))?;
+        let page = if end <= HEAD_MAX_ROWS {
+            // A page near the start: read just enough of the file (see `Dataset::head`).
+            dataset
+                .head(end as usize, schema.clone())?
+                .lazy()
+                .select(exprs)
+                .slice(p.offset as i64, p.limit as IdxSize)
+        } else {
+            lf.select(exprs).slice(p.offset as i64, p.limit as IdxSize)
+        }
+        .collect()
+        .map_err(|e| dataset.data_error(&e))?;
         check_cancelled(progress)?;
         progress.report(90, "converting");
         values::rows(&page).map_err(|e| dataset.data_error(&e))?
