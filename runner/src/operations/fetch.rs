@@ -1,8 +1,9 @@
 //! Operation 100, fetch raw data: a dataset's schema, its row count and one page of rows.
 //!
 //! Reads lazily (polars `LazyCsvReader` via the catalog): the schema from a sample, the count
-//! through a lazy `len()`, and only the requested slice of the requested columns. It does not
-//! filter, sort or aggregate (that is operation 200).
+//! through a lazy `len()`, and only the requested slice of the requested columns (a page within
+//! the first 100,000 rows from a prefix of the file, `Dataset::head`). It does not filter, sort
+//! or aggregate (that is operation 200).
 //!
 //! Counting rows means reading the whole file, while the schema and a first page need only its
 //! start; so files above [`COUNT_MAX_BYTES`] are not counted unless the task asks
