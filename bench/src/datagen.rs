@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn byte_target_stops_after_the_first_whole_row_past_it() {
         let (text, rows, bytes) = generate(Size::Bytes(100_000), 1);
-        assert!(bytes >= 100_000 && bytes < 100_200, "{bytes}");
+        assert!((100_000..100_200).contains(&bytes), "{bytes}");
         assert_eq!(text.len() as u64, bytes);
         assert!(text.ends_with('\n'));
         assert_eq!(text.lines().count() as u64, rows + 1);

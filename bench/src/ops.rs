@@ -114,9 +114,9 @@ fn ensure_data(dir: &Path, size: Size, seed: u64) -> Result<datagen::DataFile, S
 
 /// A short name for the size in metric names: `10m`, `1m`, `250k`, `1234`.
 pub fn size_tag(rows: u64) -> String {
-    if rows >= 1_000_000 && rows % 1_000_000 == 0 {
+    if rows >= 1_000_000 && rows.checked_rem(1_000_000) == Some(0) {
         format!("{}m", rows / 1_000_000)
-    } else if rows >= 1_000 && rows % 1_000 == 0 {
+    } else if rows >= 1_000 && rows.checked_rem(1_000) == Some(0) {
         format!("{}k", rows / 1_000)
     } else {
         rows.to_string()
@@ -239,7 +239,7 @@ pub struct FetchArgs {
 fn bytes_tag(bytes: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    if bytes >= GIB && bytes % GIB == 0 {
+    if bytes >= GIB && bytes.checked_rem(GIB) == Some(0) {
         format!("{}gb", bytes / GIB)
     } else {
         format!("{}mb", bytes / MIB)

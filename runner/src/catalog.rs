@@ -247,11 +247,7 @@ impl Dataset {
             // Parse whole records only (the reader refuses a quoted field cut in half); and
             // since a prefix may still end in a half line, the last record parsed is only
             // returned when the whole file was read.
-            let end = if whole {
-                buf.len()
-            } else {
-                records_end(&buf)
-            };
+            let end = if whole { buf.len() } else { records_end(&buf) };
             let df = CsvReadOptions::default()
                 .with_has_header(true)
                 .with_schema(Some(schema.clone()))
@@ -447,7 +443,10 @@ mod tests {
         let mut body = String::from("id,note,x\n");
         for i in 0..3000 {
             let pad = "z".repeat(200 + i % 300);
-            body.push_str(&format!("{i},\"line one {i}\nline two {pad}\",{}.5\n", i % 7));
+            body.push_str(&format!(
+                "{i},\"line one {i}\nline two {pad}\",{}.5\n",
+                i % 7
+            ));
         }
         let spec = csv_spec(&dir, "long", "long.csv", &body);
         let cat = Catalog::open(&[spec]).unwrap();
