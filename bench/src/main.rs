@@ -1,329 +1,170 @@
-//! `dap-bench`: end-to-end benchmarks of the push loop on loopback, printed as
-//! `name: value unit` lines.
+//! `dap-bench`: DAP's benchmarks, printed as `name: value unit` lines on stdout (progress and
+//! notes go to stderr).
 //!
-//! It starts a real `dap-server` in-process (SQLite in a temp dir, WAL) and protocol-level
-//! runners that speak the real WebSocket protocol and complete the diagnostic no-op
-//! (operation 1) as soon as it arrives, so what is measured is the platform (HTTP, auth cache,
-//! dispatcher, durable commits, socket push, SSE), not an analysis. It is not a test: it
-//! asserts nothing and is not run by `cargo test`.
-//!
-//! - `dispatch`: POST /tasks sent → the runner has the assignment (sequential, idle runner).
-//! - `roundtrip`: POST /tasks sent → the `task.completed` SSE event is received (published
-//!   only after the result is committed, so the result is readable at that instant).
-//! - `throughput`: concurrent clients create no-op tasks for a while; completed tasks per
-//!   second, with 1, 4 and 16 runners.
+//! Without a subcommand it runs the push-loop benchmarks ([`noop`]); `filter-vs-pandas` and
+//! `fetch-schema` time operations 200 and 100 through the real `dap-server` and `dap-runner`
+//! binaries ([`dap_bench::ops`]); `gen-data` only writes the benchmark CSV. It is not a test:
+//! only the operation benchmarks check anything (DAP's answer against pandas').
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod noop;
 
-use clap::Parser;
-use dap_protocol::{Completed, Hello, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
-use dap_server::store::{Scope, TaskFilter, TaskStatus};
-use dap_server::{auth, build_state, serve, AppState, ServeConfig};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use dap_bench::{datagen, ops};
 
 #[derive(Parser)]
-#[command(about = "DAP benchmarks (dispatch latency, round trip, durable throughput)")]
-struct Args {
+#[command(about = "DAP benchmarks: push loop, op 200 vs pandas, op 100 schema fetch")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    noop: NoopArgs,
+}
+
+/// Options of the push-loop benchmarks (the default command).
+#[derive(Args)]
+pub struct NoopArgs {
     /// Sequential create→complete iterations for the latency figures.
     #[arg(long, default_value_t = 2000)]
-    iterations: usize,
+    pub iterations: usize,
     /// Seconds of load per throughput run.
     #[arg(long, default_value_t = 3)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent HTTP clients in the throughput runs.
     #[arg(long, default_value_t = 64)]
-    clients: usize,
+    pub clients: usize,
     /// Slots per runner in the throughput runs.
     #[arg(long, default_value_t = 16)]
-    slots: u32,
+    pub slots: u32,
     /// Runner counts for the throughput runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-    runners: Vec<usize>,
+    pub runners: Vec<usize>,
 }
 
-struct Bench {
-    state: AppState,
-    base: String,
-    key: String,
-    http: reqwest::Client,
-    _dir: TempDir,
+#[derive(Args)]
+struct DataArgs {
+    /// Where generated CSVs are cached (reused when the size and seed match).
+    #[arg(long, env = "DAP_BENCH_DATA_DIR", default_value_os_t = datagen::default_dir())]
+    data_dir: PathBuf,
+    /// Seed of the data generator.
+    #[arg(long, env = "DAP_BENCH_SEED", default_value_t = 42)]
+    seed: u64,
 }
 
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // DAP_BENCH_KEEP=1 keeps the database for inspection.
-        if std::env::var_os("DAP_BENCH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            eprintln!("kept {}", self.0.display());
-        }
-    }
+#[derive(Args)]
+struct StackArgs {
+    /// Directory holding the dap-server and dap-runner binaries [default: dap-bench's own].
+    #[arg(long, env = "DAP_BENCH_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Timed runs per side (min and median are reported).
+    #[arg(long, env = "DAP_BENCH_RUNS", default_value_t = 3)]
+    runs: usize,
 }
 
-async fn start_server() -> Bench {
-    let dir = std::env::temp_dir().join(format!("dap-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = ServeConfig::for_dir(&dir);
-    let state = build_state(&config).await.expect("server state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let st = state.clone();
-    tokio::spawn(async move { serve(listener, st, std::future::pending()).await });
-    let (_, key) = auth::api_keys::create_api_key(&state.store, "bench", Scope::Admin)
-        .await
-        .expect("key");
-    Bench {
-        state,
-        base: format!("http://{addr}"),
-        key,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()
-            .expect("client"),
-        _dir: TempDir(dir),
-    }
+#[derive(Subcommand)]
+enum Cmd {
+    /// Op 200 (2-predicate filter + group-by with sum/mean/count) vs pandas on the same CSV.
+    FilterVsPandas {
+        /// Data rows in the generated CSV.
+        #[arg(long, env = "DAP_BENCH_ROWS", default_value_t = 10_000_000)]
+        rows: u64,
+        /// Python with pandas [default: ~/.cache/dap-bench-venv/bin/python if present, else python3].
+        #[arg(long, env = "DAP_BENCH_PYTHON")]
+        python: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Op 100 (schema + first page) on a CSV of about this many bytes.
+    FetchSchema {
+        /// Size of the generated CSV in bytes (whole rows, so slightly more).
+        #[arg(long, env = "DAP_BENCH_FETCH_BYTES", default_value_t = 1 << 30)]
+        bytes: u64,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Only generate (or find) the benchmark CSV and print its path.
+    GenData {
+        /// Data rows (ignored with --bytes).
+        #[arg(long, env = "DAP_BENCH_ROWS", default_value_t = 10_000_000)]
+        rows: u64,
+        /// Generate whole rows up to this many bytes instead of a row count.
+        #[arg(long)]
+        bytes: Option<u64>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
-impl Bench {
-    async fn enrol(&self, name: &str) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/api/v1/runners", self.base))
-            .bearer_auth(&self.key)
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .expect("enrol")
-            .json()
-            .await
-            .expect("enrol json");
-        v["token"].as_str().expect("token").to_owned()
+fn default_python() -> PathBuf {
+    let venv = datagen::default_dir()
+        .with_file_name("dap-bench-venv")
+        .join("bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
     }
-
-    async fn create(&self, body: &Value) -> Value {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/tasks", self.base))
-            .bearer_auth(&self.key)
-            .json(body)
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), 201, "create refused");
-        r.json().await.expect("create json")
-    }
-
-    async fn completed(&self) -> u64 {
-        let f = TaskFilter {
-            status: Some(TaskStatus::Completed),
-            limit: 1,
-            ..Default::default()
-        };
-        self.state.store.list_tasks(&f).await.expect("count").1
-    }
-}
-
-/// A runner that completes every no-op at once and reports when each assignment arrived.
-async fn spawn_runner(
-    b: &Bench,
-    slots: u32,
-    arrivals: Option<mpsc::UnboundedSender<(String, Instant)>>,
-) -> String {
-    let credential = b.enrol("bench-runner").await;
-    let tok: Value = b
-        .http
-        .post(format!("{}{}", b.base, dap_protocol::TOKEN_PATH))
-        .bearer_auth(&credential)
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("token json");
-    let jwt = tok["token"].as_str().expect("jwt").to_owned();
-    let mut req = format!(
-        "{}{}",
-        b.base.replacen("http", "ws", 1),
-        dap_protocol::CONNECT_PATH
-    )
-    .into_client_request()
-    .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {jwt}").parse().expect("header"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
-    let (mut tx, mut rx) = ws.split();
-    let hello = RunnerMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        name: "bench".into(),
-        version: "bench".into(),
-        slots,
-        operations: vec![dap_protocol::op::NOOP],
-        datasets: vec![],
-        running: vec![],
-    });
-    tx.send(Message::Text(hello.to_json().into()))
-        .await
-        .expect("hello");
-    let runner_id = match rx.next().await {
-        Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()) {
-            Ok(ServerMessage::Welcome { runner_id, .. }) => runner_id,
-            other => panic!("expected welcome: {other:?}"),
-        },
-        other => panic!("expected welcome: {other:?}"),
-    };
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = rx.next().await {
-            let Message::Text(t) = m else { continue };
-            if let Ok(ServerMessage::Assign(a)) = serde_json::from_str(t.as_str()) {
-                if let Some(ch) = &arrivals {
-                    let _ = ch.send((a.task_id.clone(), Instant::now()));
-                }
-                let done = RunnerMessage::Completed(Completed {
-                    task_id: a.task_id,
-                    attempt: a.attempt,
-                    result_data: json!({ "noop": true }),
-                });
-                if tx.send(Message::Text(done.to_json().into())).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    runner_id
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx].as_secs_f64() * 1000.0
-}
-
-async fn latency(b: &Bench, iterations: usize) {
-    let (arr_tx, mut arr_rx) = mpsc::unbounded_channel();
-    let runner_id = spawn_runner(b, 1, Some(arr_tx)).await;
-    // One SSE stream reports completions.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Instant)>();
-    let resp = b
-        .http
-        .get(format!("{}/api/v1/events", b.base))
-        .bearer_auth(&b.key)
-        .send()
-        .await
-        .expect("sse");
-    let sse = tokio::spawn(async move {
-        use eventsource_stream::Eventsource;
-        let mut s = resp.bytes_stream().eventsource();
-        while let Some(Ok(ev)) = s.next().await {
-            if ev.event == "task.completed" {
-                let at = Instant::now();
-                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                    let id = v["task_id"].as_str().unwrap_or_default().to_owned();
-                    let _ = done_tx.send((id, at));
-                }
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let body = json!({ "operation_code": dap_protocol::op::NOOP, "runner_id": runner_id });
-    let warmup = iterations / 10;
-    let mut dispatch = Vec::with_capacity(iterations);
-    let mut round = Vec::with_capacity(iterations);
-    for i in 0..iterations + warmup {
-        let t0 = Instant::now();
-        let v = b.create(&body).await;
-        let id = v["task_id"].as_str().expect("task id").to_owned();
-        let (got, at) = arr_rx.recv().await.expect("arrival");
-        assert_eq!(got, id);
-        let (done, done_at) = done_rx.recv().await.expect("completion");
-        assert_eq!(done, id);
-        // The slot is freed right after the commit; wait for it so the next create is not 409.
-        while b
-            .state
-            .dispatcher
-            .live(&runner_id)
-            .is_some_and(|l| !l.running.is_empty())
-        {
-            tokio::task::yield_now().await;
-        }
-        if i >= warmup {
-            dispatch.push(at - t0);
-            round.push(done_at - t0);
-        }
-    }
-    dispatch.sort();
-    round.sort();
-    println!("dispatch_latency_p50: {:.3} ms", pct(&dispatch, 0.50));
-    println!("dispatch_latency_p99: {:.3} ms", pct(&dispatch, 0.99));
-    println!("noop_round_trip_p50: {:.3} ms", pct(&round, 0.50));
-    println!("noop_round_trip_p99: {:.3} ms", pct(&round, 0.99));
-    println!("latency_iterations: {} count", dispatch.len());
-    // The throughput runs measure the platform, not this client's SSE parsing.
-    sse.abort();
-    b.state
-        .dispatcher
-        .close_runner(&runner_id, 1000, "latency run over");
-}
-
-async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, secs: u64) {
-    let mut ids = Vec::new();
-    for _ in 0..runners {
-        ids.push(spawn_runner(b, slots, None).await);
-    }
-    let before = b.completed().await;
-    let created = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut handles = Vec::new();
-    for _ in 0..clients {
-        let b = b.clone();
-        let created = created.clone();
-        handles.push(tokio::spawn(async move {
-            let body = json!({ "operation_code": dap_protocol::op::NOOP });
-            while Instant::now() < end {
-                b.create(&body).await;
-                created.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for h in handles {
-        let _ = h.await;
-    }
-    let target = before + created.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while b.completed().await < target && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let done = b.completed().await - before;
-    println!(
-        "durable_throughput_sqlite_{runners}_runners: {:.0} tasks/s",
-        done as f64 / elapsed
-    );
-    // Disconnect these runners so the next run starts clean.
-    for id in ids {
-        b.state.dispatcher.close_runner(&id, 1000, "bench run over");
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 #[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let b = Arc::new(start_server().await);
-    latency(&b, args.iterations).await;
-    for &n in &args.runners {
-        throughput(&b, n, args.slots, args.clients, args.seconds).await;
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bin_dir = |s: &StackArgs| {
+        s.bin_dir
+            .clone()
+            .unwrap_or_else(dap_bench::stack::default_bin_dir)
+    };
+    let outcome = match cli.command {
+        None => {
+            noop::run(&cli.noop).await;
+            Ok(())
+        }
+        Some(Cmd::FilterVsPandas {
+            rows,
+            python,
+            data,
+            stack,
+        }) => {
+            ops::filter_vs_pandas(&ops::FilterArgs {
+                rows,
+                seed: data.seed,
+                runs: stack.runs,
+                data_dir: data.data_dir,
+                bin_dir: bin_dir(&stack),
+                python: python.unwrap_or_else(default_python),
+                script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pandas_filter.py"),
+            })
+            .await
+        }
+        Some(Cmd::FetchSchema { bytes, data, stack }) => {
+            ops::fetch_schema(&ops::FetchArgs {
+                bytes,
+                seed: data.seed,
+                runs: stack.runs,
+                data_dir: data.data_dir,
+                bin_dir: bin_dir(&stack),
+            })
+            .await
+        }
+        Some(Cmd::GenData { rows, bytes, data }) => {
+            let size = bytes.map_or(datagen::Size::Rows(rows), datagen::Size::Bytes);
+            datagen::ensure(&data.data_dir, size, data.seed)
+                .map(|f| println!("{}", f.path.display()))
+                .map_err(|e| format!("generating data: {e}"))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dap-bench: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -22,10 +22,12 @@ const MAX_NAME_LEN: usize = 128;
 /// Rows polars reads to guess column types. The default (100) misreads columns whose first
 /// hundred values look like integers and a later one is a float.
 const INFER_SCHEMA_ROWS: usize = 10_000;
+/// First prefix [`Dataset::head`] reads; it grows fourfold until it holds enough rows.
+const HEAD_FIRST_READ_BYTES: u64 = 256 * 1024;
 /// CSV and NDJSON files up to this size are counted at start so the server can show a row
 /// count; counting a bigger one means reading all of it, which would delay every start.
 /// Parquet files are always counted: the count is in their footer.
-const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const COUNT_AT_START_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A declared dataset that cannot be served. Reported at start, before connecting.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,29 @@ impl Source<'_> {
     /// A lazy scan of the table.
     pub fn scan(&self) -> Result<LazyFrame, TaskError> {
         Ok(self.lf.clone())
+    }
+
+    /// The declared dataset itself, when the source is one (not a kept output or a view).
+    fn plain_dataset(&self) -> Option<&Dataset> {
+        self.dataset.filter(|_| self.redact_dir.is_none())
+    }
+
+    /// The first `rows` rows read from a prefix of the file ([`Dataset::head`]) when the
+    /// source is a CSV dataset; `None` otherwise (a lazy slice is cheap enough there).
+    pub fn head(&self, rows: usize, schema: SchemaRef) -> Result<Option<DataFrame>, TaskError> {
+        match self.plain_dataset() {
+            Some(d) if d.info.format == DatasetFormat::Csv => d.head(rows, schema).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Size in bytes of the text file that counting rows would read (CSV and NDJSON
+    /// datasets); `None` when counting is cheap (Parquet footers, kept outputs).
+    pub fn file_len(&self) -> Result<Option<u64>, TaskError> {
+        match self.plain_dataset() {
+            Some(d) if d.info.format != DatasetFormat::Parquet => d.file_len().map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// A polars failure as a `data_error` naming the source, with local paths taken out.
@@ -324,6 +349,62 @@ impl Dataset {
         scan_file(path, self.info.format).map_err(|e| self.data_error(&e))
     }
 
+    /// The first `rows` rows of the file (all of them if it has fewer), typed by `schema` (the
+    /// scan's, i.e. the whole file's). Reads a growing prefix of the file instead of scanning:
+    /// polars' CSV reader splits a file into chunks and parses many of them in parallel before
+    /// noticing a row limit was reached, so `scan().slice(0, 100)` of a 1 GB CSV parsed most of it.
+    pub fn head(&self, rows: usize, schema: SchemaRef) -> Result<DataFrame, TaskError> {
+        use std::io::Read as _;
+        let gone = || {
+            TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "dataset `{}` is no longer available at its declared location",
+                    self.name()
+                ),
+            )
+        };
+        let mut file = std::fs::File::open(self.checked_path()?).map_err(|_| gone())?;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut want: u64 = HEAD_FIRST_READ_BYTES.max(rows as u64 * 128);
+        loop {
+            let missing = want.saturating_sub(buf.len() as u64);
+            let read = (&mut file)
+                .take(missing)
+                .read_to_end(&mut buf)
+                .map_err(|_| gone())?;
+            let whole = (read as u64) < missing;
+            // Parse whole records only (the reader refuses a quoted field cut in half); and
+            // since a prefix may still end in a half line, the last record parsed is only
+            // returned when the whole file was read.
+            let end = if whole { buf.len() } else { records_end(&buf) };
+            let df = CsvReadOptions::default()
+                .with_has_header(true)
+                .with_schema(Some(schema.clone()))
+                .into_reader_with_file_handle(std::io::Cursor::new(&buf[..end]))
+                .finish()
+                .map_err(|e| self.data_error(&e))?;
+            if whole || df.height() > rows {
+                return Ok(df.head(Some(rows)));
+            }
+            want = want.saturating_mul(4);
+        }
+    }
+
+    /// Size of the declared file now, in bytes (after the same checks as [`Dataset::scan`]).
+    pub fn file_len(&self) -> Result<u64, TaskError> {
+        let path = self.checked_path()?;
+        std::fs::metadata(path).map(|m| m.len()).map_err(|_| {
+            TaskError::new(
+                failure::DATA_ERROR,
+                format!(
+                    "dataset `{}` is no longer available at its declared location",
+                    self.name()
+                ),
+            )
+        })
+    }
+
     fn checked_path(&self) -> Result<&Path, TaskError> {
         let now = std::fs::canonicalize(&self.declared).map_err(|_| {
             TaskError::new(
@@ -406,6 +487,21 @@ pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> 
             .with_infer_schema_length(NonZeroUsize::new(INFER_SCHEMA_ROWS))
             .finish(),
     }
+}
+
+/// Length of the longest prefix of `bytes` (the start of a CSV file) that ends with a record:
+/// just past the last newline outside double quotes (the scan's quoting: `"`, doubled inside).
+fn records_end(bytes: &[u8]) -> usize {
+    let mut quoted = false;
+    let mut end = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => end = i + 1,
+            _ => {}
+        }
+    }
+    end
 }
 
 /// Our column list from a polars schema; dtype names as polars prints them (`i64`, `str`, …).
@@ -496,6 +592,48 @@ mod tests {
             path,
             format: DatasetFormat::Csv,
         }
+    }
+
+    #[test]
+    fn records_end_skips_newlines_in_quotes() {
+        assert_eq!(records_end(b""), 0);
+        assert_eq!(records_end(b"a,b"), 0);
+        assert_eq!(records_end(b"a,b\n1,2"), 4);
+        assert_eq!(records_end(b"a,b\n1,\"x\ny\"\n3,\"p"), 12);
+        assert_eq!(records_end(b"a,b\n1,\"x\ny"), 4);
+        // A doubled quote inside a quoted field is an escaped quote.
+        assert_eq!(records_end(b"a\n\"say \"\"hi\"\"\n\"\n"), 16);
+    }
+
+    #[test]
+    fn head_reads_the_first_rows_like_a_full_scan() {
+        let dir = TempDir::new();
+        // Long records (a quoted field with a newline in it) so the first prefix read holds too
+        // few rows and has to grow, and its cut falls inside a quoted field.
+        let mut body = String::from("id,note,x\n");
+        for i in 0..3000 {
+            let pad = "z".repeat(200 + i % 300);
+            body.push_str(&format!(
+                "{i},\"line one {i}\nline two {pad}\",{}.5\n",
+                i % 7
+            ));
+        }
+        let spec = csv_spec(&dir, "long", "long.csv", &body);
+        let cat = Catalog::open(&[spec]).unwrap();
+        let d = cat.resolve("long").unwrap();
+        let mut scan = d.scan().unwrap();
+        let schema = scan.collect_schema().unwrap();
+        let full = scan.collect().unwrap();
+        assert_eq!(full.height(), 3000);
+
+        for rows in [0, 1, 999, 2500, 3000] {
+            let head = d.head(rows, schema.clone()).unwrap();
+            assert!(head.equals_missing(&full.head(Some(rows))), "{rows} rows");
+            assert_eq!(head.schema(), full.schema());
+        }
+        // Asking for more than there is gives all of it.
+        let all = d.head(10_000, schema.clone()).unwrap();
+        assert!(all.equals_missing(&full));
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! Operation 100, fetch raw data: a dataset's schema, its row count and one page of rows.
 //!
 //! Reads lazily (polars `LazyCsvReader` via the catalog): the schema from a sample, the count
-//! through a lazy `len()`, and only the requested slice of the requested columns. It does not
-//! filter, sort or aggregate (that is operation 200).
+//! through a lazy `len()`, and only the requested slice of the requested columns (a page within
+//! the first 100,000 rows from a prefix of the file, `Dataset::head`). It does not filter, sort
+//! or aggregate (that is operation 200).
+//!
+//! Counting rows means reading the whole file, while the schema and a first page need only its
+//! start; so files above [`COUNT_MAX_BYTES`] are not counted unless the task asks
+//! (`count_rows: true`): their `row_count` is null and `row_count_skipped` true.
 //!
 //! Params: `dataset` (required), `columns` (optional list), `limit` (0–10000, default 100),
-//! `offset` (default 0). Result: `{dataset, schema, row_count, columns, rows, offset, limit}`.
+//! `offset` (default 0), `count_rows` (true / false; default: only files up to
+//! [`COUNT_MAX_BYTES`]). Result: `{dataset, schema, row_count, row_count_skipped, columns, rows,
+//! offset, limit}`.
 
 use dap_protocol::TaskError;
 use polars::prelude::*;
@@ -18,6 +25,12 @@ use crate::progress::ProgressReporter;
 
 pub const DEFAULT_LIMIT: u64 = 100;
 pub const MAX_LIMIT: u64 = 10_000;
+/// Largest file counted for `row_count` when the task does not say (the same bound the catalog
+/// uses at start): 256 MiB of CSV count in well under a second; a 1 GB one is read for nothing
+/// when all a UI wants is the columns and a first page.
+pub const COUNT_MAX_BYTES: u64 = crate::catalog::COUNT_AT_START_MAX_BYTES;
+/// Pages ending within this many rows are read from a prefix of the file, not by a scan.
+const HEAD_MAX_ROWS: u64 = 100_000;
 
 /// Validated params of a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,18 +39,32 @@ pub struct FetchParams {
     pub columns: Option<Vec<String>>,
     pub limit: u64,
     pub offset: u64,
+    /// `None`: count when the file is at most [`COUNT_MAX_BYTES`].
+    pub count_rows: Option<bool>,
 }
 
 impl FetchParams {
     pub fn parse(value: &Value) -> Result<Self, TaskError> {
         let p = Params::new(value)?;
-        p.deny_unknown(&["dataset", "input", "columns", "limit", "offset"])?;
+        p.deny_unknown(&[
+            "dataset",
+            "input",
+            "columns",
+            "limit",
+            "offset",
+            "count_rows",
+        ])?;
+        let count_rows = match p.value("count_rows") {
+            Some(_) => Some(p.bool_or("count_rows", false)?),
+            None => None,
+        };
         Ok(Self {
             dataset: SourceRef::parse(&p)?,
             columns: p.string_list("columns")?,
             limit: p.u64_in("limit", DEFAULT_LIMIT, 0, MAX_LIMIT)?,
             // polars slices take an i64 offset.
             offset: p.u64_in("offset", 0, 0, i64::MAX as u64)?,
+            count_rows,
         })
     }
 }
@@ -47,6 +74,16 @@ pub fn run(
     params: &Value,
     catalog: &Catalog,
     progress: &ProgressReporter,
+) -> Result<Value, TaskError> {
+    run_counting_up_to(params, catalog, progress, COUNT_MAX_BYTES)
+}
+
+/// [`run`] with the size bound for counting as a parameter (tests use a small one).
+fn run_counting_up_to(
+    params: &Value,
+    catalog: &Catalog,
+    progress: &ProgressReporter,
+    count_max_bytes: u64,
 ) -> Result<Value, TaskError> {
     let p = FetchParams::parse(params)?;
     let dataset = catalog.source(&p.dataset)?;
@@ -68,22 +105,43 @@ pub fn run(
     };
     check_cancelled(progress)?;
 
-    progress.report(20, "counting rows");
-    let row_count =
-        count_rows_or_cancel(lf.clone(), progress)?.map_err(|e| dataset.data_error(&e))?;
-    check_cancelled(progress)?;
+    let count = match p.count_rows {
+        Some(asked) => asked,
+        // Kept outputs and Parquet count from metadata; big text files are not counted.
+        None => dataset.file_len()?.is_none_or(|len| len <= count_max_bytes),
+    };
+    let row_count = if count {
+        progress.report(20, "counting rows");
+        let n = count_rows_or_cancel(lf.clone(), progress)?.map_err(|e| dataset.data_error(&e))?;
+        check_cancelled(progress)?;
+        Some(n)
+    } else {
+        None
+    };
 
     progress.report(60, "reading page");
-    let rows = if p.limit == 0 || p.offset >= row_count {
+    let past_end = row_count.is_some_and(|n| p.offset >= n);
+    let rows = if p.limit == 0 || past_end {
         Vec::new()
     } else {
         let exprs: Vec<Expr> = columns.iter().map(|c| col(c.as_str())).collect();
+        let end = p.offset.saturating_add(p.limit);
         // limit ≤ MAX_LIMIT, so it fits polars' index type.
-        let page = lf
-            .select(exprs)
-            .slice(p.offset as i64, p.limit as IdxSize)
-            .collect()
-            .map_err(|e| dataset.data_error(&e))?;
+        let head = if end <= HEAD_MAX_ROWS {
+            // A page near the start of a CSV: read just enough of the file (`Dataset::head`).
+            dataset.head(end as usize, schema.clone())?
+        } else {
+            None
+        };
+        let page = if let Some(head) = head {
+            head.lazy()
+                .select(exprs)
+                .slice(p.offset as i64, p.limit as IdxSize)
+        } else {
+            lf.select(exprs).slice(p.offset as i64, p.limit as IdxSize)
+        }
+        .collect()
+        .map_err(|e| dataset.data_error(&e))?;
         check_cancelled(progress)?;
         progress.report(90, "converting");
         values::rows(&page).map_err(|e| dataset.data_error(&e))?
@@ -93,6 +151,7 @@ pub fn run(
         "dataset": dataset.name(),
         "schema": columns_of(&schema),
         "row_count": row_count,
+        "row_count_skipped": row_count.is_none(),
         "columns": columns,
         "rows": rows,
         "offset": p.offset,
@@ -195,6 +254,44 @@ date,region,product,units,unit_price,paid
     }
 
     #[test]
+    fn big_files_are_not_counted_unless_asked() {
+        let dir = TempDir::new();
+        let cat = catalog(&dir);
+        let size = SALES.len() as u64;
+        let fetch_with = |params: Value, bound: u64| {
+            run_counting_up_to(&params, &cat, &ProgressReporter::discard(), bound).unwrap()
+        };
+        // At the bound it is counted; one byte above it is not.
+        let counted = fetch_with(json!({"dataset": "sales"}), size);
+        assert_eq!(counted["row_count"], 5);
+        assert_eq!(counted["row_count_skipped"], false);
+        let skipped = fetch_with(json!({"dataset": "sales", "limit": 2}), size - 1);
+        assert_eq!(skipped["row_count"], Value::Null);
+        assert_eq!(skipped["row_count_skipped"], true);
+        // Schema and page are there all the same.
+        assert_eq!(skipped["schema"], counted["schema"]);
+        assert_eq!(
+            skipped["rows"],
+            json!([
+                ["2024-01-01", "north", "widget", 3, 2.5, true],
+                ["2024-01-02", "south", "gadget", null, 10.0, false],
+            ])
+        );
+        // Without a count, an offset past the end is simply an empty page.
+        let past = fetch_with(json!({"dataset": "sales", "offset": 50}), 0);
+        assert_eq!(past["rows"], json!([]));
+        assert_eq!(past["row_count"], Value::Null);
+        // Asking overrides the bound either way.
+        let forced = fetch_with(json!({"dataset": "sales", "count_rows": true}), 0);
+        assert_eq!(forced["row_count"], 5);
+        assert_eq!(forced["row_count_skipped"], false);
+        let declined = fetch_with(json!({"dataset": "sales", "count_rows": false}), u64::MAX);
+        assert_eq!(declined["row_count"], Value::Null);
+        assert_eq!(declined["row_count_skipped"], true);
+        assert_eq!(declined["rows"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
     fn invalid_params_name_the_field() {
         let dir = TempDir::new();
         let cat = catalog(&dir);
@@ -208,6 +305,10 @@ date,region,product,units,unit_price,paid
             (json!({"dataset": "sales", "limit": 10001}), "params.limit"),
             (json!({"dataset": "sales", "limit": -1}), "params.limit"),
             (json!({"dataset": "sales", "offset": "3"}), "params.offset"),
+            (
+                json!({"dataset": "sales", "count_rows": "yes"}),
+                "params.count_rows",
+            ),
             (
                 json!({"dataset": "sales", "columns": "units"}),
                 "params.columns",
