@@ -156,9 +156,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tx = state.shutdown_tx.clone();
     let mut done = state.shutdown.clone();
+    let dispatcher = state.dispatcher.clone();
     let app = app(state);
     let signal = async move {
         shutdown.await;
+        // Leases and timeouts are the next process's business from here on.
+        dispatcher.stop_timers();
         let _ = tx.send(true);
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);

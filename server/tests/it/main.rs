@@ -10,4 +10,5 @@ mod dispatch;
 mod flow;
 mod leases;
 mod limits;
+mod timeouts;
 mod webhooks;
