@@ -5,6 +5,7 @@ mod common;
 
 mod artifacts;
 mod auth;
+mod concurrency;
 mod crash;
 mod dispatch;
 mod flow;
