@@ -77,7 +77,7 @@ pub mod failure {
 pub mod close_code {
     /// Protocol violation: a frame that is not a valid message.
     pub const PROTOCOL_ERROR: u16 = 1002;
-    /// Policy violation (rate limits, bad origin).
+    /// Policy violation: the runner sent messages faster than the server's rate limit.
     pub const POLICY: u16 = 1008;
     /// Message larger than the server accepts.
     pub const TOO_BIG: u16 = 1009;
@@ -91,6 +91,8 @@ pub mod close_code {
     pub const EXPECTED_HELLO: u16 = 4003;
     /// Another connection with the same credential replaced this one.
     pub const REPLACED: u16 = 4004;
+    /// Nothing at all (not even a pong) arrived for the server's idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4005;
 }
 
 /// File format of a declared dataset.

@@ -100,6 +100,38 @@ pub struct ServeArgs {
         global = true
     )]
     pub cors_origins: Vec<String>,
+    /// Largest message a runner may send, in bytes; a larger one closes its socket with 1009.
+    #[arg(long, env = "DAP_RUNNER_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)), global = true)]
+    pub runner_max_message_bytes: u64,
+    /// Sustained messages per second a runner connection may send (0 = unlimited); above it
+    /// (once the burst is spent) the socket is closed with 1008.
+    #[arg(long, env = "DAP_RUNNER_RATE", default_value_t = 100, global = true)]
+    pub runner_rate: u32,
+    /// Messages a runner connection may send at once above the sustained rate.
+    #[arg(long, env = "DAP_RUNNER_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub runner_burst: u32,
+    /// Concurrent sockets per runner credential (0 = unlimited); one more is refused with 429
+    /// `too_many_connections` before the upgrade.
+    #[arg(
+        long,
+        env = "DAP_RUNNER_MAX_CONNECTIONS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub runner_max_connections: usize,
+    /// Seconds a runner connection may send nothing at all (not even a pong) before it is
+    /// closed with 4005.
+    #[arg(long, env = "DAP_RUNNER_IDLE_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub runner_idle_timeout_s: u64,
+    /// Concurrent SSE streams one ticket may open (0 = unlimited); one more is refused with
+    /// 429 `too_many_connections`.
+    #[arg(
+        long,
+        env = "DAP_SSE_MAX_PER_TICKET",
+        default_value_t = 4,
+        global = true
+    )]
+    pub sse_max_per_ticket: usize,
     /// Log format.
     #[arg(
         long,
@@ -165,6 +197,7 @@ pub struct ServeConfig {
     pub max_artifact_bytes: u64,
     pub webhooks: crate::webhooks::WebhookSettings,
     pub cors_origins: Vec<String>,
+    pub limits: crate::limits::Limits,
 }
 
 impl ServeConfig {
@@ -182,6 +215,14 @@ impl ServeConfig {
                 retry_scale: serve.webhook_retry_scale.clamp(0.0, 1000.0),
             },
             cors_origins: serve.cors_origins.clone(),
+            limits: crate::limits::Limits {
+                runner_max_message_bytes: serve.runner_max_message_bytes as usize,
+                runner_rate_per_s: serve.runner_rate,
+                runner_burst: serve.runner_burst,
+                runner_max_connections: serve.runner_max_connections,
+                runner_idle_timeout: Duration::from_secs(serve.runner_idle_timeout_s),
+                sse_max_per_ticket: serve.sse_max_per_ticket,
+            },
         }
     }
 
@@ -200,6 +241,7 @@ impl ServeConfig {
                 retry_scale: 1.0,
             },
             cors_origins: Vec::new(),
+            limits: crate::limits::Limits::default(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct QueuedTask {
     pub target: Option<String>,
     /// Attempt number of the last assignment (0 if never assigned); the next is this + 1.
     pub attempt: u32,
+    /// Longest an attempt may run from its assignment.
+    pub timeout_s: Option<u32>,
 }
 
 impl QueuedTask {
@@ -78,6 +80,7 @@ impl QueuedTask {
             params: Arc::new(t.params.clone()),
             target: t.target_runner_id.clone(),
             attempt: t.attempt,
+            timeout_s: t.timeout_s,
         }
     }
 }
@@ -187,6 +190,9 @@ pub struct Dispatcher {
     store: Store,
     changes: mpsc::UnboundedSender<StateChange>,
     leases: Leases,
+    /// Flips to true when the server stops: lease and timeout timers then do nothing, so a
+    /// stopping server never requeues or fails what the next process will handle.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -197,6 +203,7 @@ impl Dispatcher {
             store: store.clone(),
             changes,
             leases,
+            stopped: tokio::sync::watch::channel(false).0,
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -241,15 +248,37 @@ impl Dispatcher {
         for (runner, epoch) in epochs {
             self.schedule_expiry(runner, epoch);
         }
+        // Timers of in-flight attempts resume with the time they had left (none if overdue).
+        let now = now_ms();
+        for (task, attempt, assigned_at, timeout_s) in self.store.timed_in_flight().await? {
+            let due = assigned_at.saturating_add(i64::from(timeout_s) * 1000);
+            let left = std::time::Duration::from_millis(due.saturating_sub(now).max(0) as u64);
+            self.arm_timer(task, attempt, left);
+        }
         Ok((tasks.len(), in_flight.len()))
+    }
+
+    /// Stops every lease and timeout timer (the server is shutting down).
+    pub fn stop_timers(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Sleeps `after`; false if the server stopped meanwhile.
+    async fn sleep_unless_stopped(&self, after: std::time::Duration) -> bool {
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(after) => !*self.stopped.borrow(),
+            _ = stopped.wait_for(|v| *v) => false,
+        }
     }
 
     fn schedule_expiry(self: &Arc<Self>, runner_id: String, epoch: u64) {
         let me = Arc::clone(self);
         let grace = self.leases.grace;
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            me.expire(&runner_id, epoch).await;
+            if me.sleep_unless_stopped(grace).await {
+                me.expire(&runner_id, epoch).await;
+            }
         });
     }
 
@@ -270,6 +299,81 @@ impl Dispatcher {
             tracing::warn!(%runner_id, tasks = tasks.len(), "runner did not come back within its grace period");
         }
         self.requeue_lost(runner_id, tasks, "runner_lost").await;
+        self.pump_all().await;
+    }
+
+    /// Starts the timeout of attempt `attempt` of `task_id` (just assigned), if it has one.
+    pub fn arm_timeout(self: &Arc<Self>, task_id: &str, attempt: u32, timeout_s: Option<u32>) {
+        if let Some(t) = timeout_s {
+            let after = std::time::Duration::from_secs(u64::from(t));
+            self.arm_timer(task_id.to_owned(), attempt, after);
+        }
+    }
+
+    fn arm_timer(self: &Arc<Self>, task_id: String, attempt: u32, after: std::time::Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            if me.sleep_unless_stopped(after).await {
+                me.time_out(&task_id, attempt).await;
+            }
+        });
+    }
+
+    /// Attempt `attempt` of `task_id` ran past its timeout: its lease ends now. The runner (if
+    /// connected) is told to stop it, its slot is freed, and the task is requeued (attempt + 1,
+    /// reason `timeout`) or, on its last attempt, failed with error code `timeout`. Does nothing
+    /// if that attempt already finished or was superseded.
+    async fn time_out(self: &Arc<Self>, task_id: &str, attempt: u32) {
+        let (runner_id, became_idle) = {
+            let mut st = self.lock();
+            let live = st
+                .runners
+                .iter_mut()
+                .find(|(_, r)| r.running.get(task_id) == Some(&attempt));
+            if let Some((id, r)) = live {
+                let was = r.state();
+                r.running.remove(task_id);
+                let _ = r.tx.send(Outbound::Send(ServerMessage::Cancel {
+                    task_id: task_id.to_owned(),
+                    attempt,
+                }));
+                (Some(id.clone()), was == RunnerState::Busy)
+            } else {
+                let gone = st
+                    .lingering
+                    .iter_mut()
+                    .find(|(_, l)| l.running.get(task_id) == Some(&attempt));
+                match gone {
+                    Some((id, l)) => {
+                        l.running.remove(task_id);
+                        (Some(id.clone()), false)
+                    }
+                    None => (None, false),
+                }
+            }
+        };
+        let Some(runner_id) = runner_id else { return };
+        tracing::warn!(%task_id, attempt, %runner_id, "attempt exceeded its timeout");
+        if became_idle {
+            self.emit(&runner_id, "runner.idle", RunnerState::Idle);
+        }
+        let op = WriteOp::Requeue {
+            task_id: task_id.to_owned(),
+            runner_id: runner_id.clone(),
+            attempt,
+            reason: "timeout",
+            max_attempts: Some(self.leases.max_attempts),
+            fail_code: "timeout",
+        };
+        match self.store.write(op).await {
+            Ok(Outcome::Applied(true)) => {
+                if let Ok(Some(t)) = self.store.get_task(task_id).await {
+                    self.lock().enqueue(QueuedTask::from_task(&t));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, %task_id, "timeout requeue failed"),
+        }
         self.pump_all().await;
     }
 
@@ -557,6 +661,7 @@ impl Dispatcher {
                 attempt,
                 reason,
                 max_attempts,
+                fail_code: "runner_lost",
             };
             match self.store.write(op).await {
                 Ok(Outcome::Applied(true)) => {
@@ -639,6 +744,7 @@ impl Dispatcher {
                             operation_code: t.operation_code,
                             params: (*t.params).clone(),
                         };
+                        self.arm_timeout(&t.task_id, attempt, t.timeout_s);
                         if !self.push(runner_id, a) {
                             // The runner went away between pick and push; its unregister
                             // requeues what it held, but this task was not yet in the store

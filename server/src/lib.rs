@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod events;
 pub mod http;
+pub mod limits;
 pub mod socket;
 pub mod store;
 pub mod webhooks;
@@ -34,6 +35,7 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub max_artifact_bytes: u64,
     pub webhooks: webhooks::WebhookSettings,
+    pub limits: limits::Limits,
 }
 
 /// Everything a handler can reach.
@@ -45,6 +47,10 @@ pub struct Shared {
     pub keys: auth::ApiKeyVerifier,
     pub blobs: blobs::FsBlobStore,
     pub settings: Settings,
+    /// Open runner sockets per runner credential.
+    pub runner_conns: limits::ConnectionCounter,
+    /// Open SSE streams per ticket.
+    pub sse_conns: limits::ConnectionCounter,
     /// Flips to `true` when the server is shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
@@ -101,7 +107,10 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
             heartbeat: config.heartbeat,
             max_artifact_bytes: config.max_artifact_bytes,
             webhooks: config.webhooks,
+            limits: config.limits,
         },
+        runner_conns: limits::ConnectionCounter::new(config.limits.runner_max_connections),
+        sse_conns: limits::ConnectionCounter::new(config.limits.sse_max_per_ticket),
         shutdown,
         shutdown_tx,
         cors_origins: config.cors_origins.clone(),
@@ -147,9 +156,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tx = state.shutdown_tx.clone();
     let mut done = state.shutdown.clone();
+    let dispatcher = state.dispatcher.clone();
     let app = app(state);
     let signal = async move {
         shutdown.await;
+        // Leases and timeouts are the next process's business from here on.
+        dispatcher.stop_timers();
         let _ = tx.send(true);
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);

@@ -1,32 +1,52 @@
 //! The runner socket (`GET /api/v1/runners/connect`): authenticates the upgrade with a runner
-//! JWT, reads the greeting, registers the runner with the dispatcher, then runs a send half
-//! (assignments, cancels, pings) and a receive half (progress, results) until either ends.
+//! JWT, enforces the abuse limits (connections per credential before the upgrade; message size,
+//! message rate and idle time after it), reads the greeting, registers the runner with the
+//! dispatcher, then runs one loop that reads progress and results and writes assignments,
+//! cancels and pings until the link ends.
 //!
 //! It translates frames to dispatcher and store calls; it decides nothing about placement and
 //! never reads the database except to check that the runner is not revoked.
+//!
+//! The upgrade is done here (hyper's `upgrade::on` + tokio-tungstenite) rather than with axum's
+//! `WebSocketUpgrade`, because after a close frame the server must be able to half-close the TCP
+//! connection and discard what the peer is still sending: closing a socket with unread input
+//! makes the kernel answer with a reset, which can destroy the close frame in flight, and an
+//! oversized or flooding runner always has unread input. axum does not expose the raw stream.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use dap_protocol::{close_code, Hello, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, TokenKind};
 use crate::dispatcher::Outbound;
 use crate::http::extract::bearer;
 use crate::http::ApiError;
+use crate::limits::{ConnectionGuard, TokenBucket};
 use crate::store::WriteOp;
 use crate::AppState;
 
-/// Largest frame a runner may send (results travel inline up to this size).
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 1024;
+/// After our close frame: how long we keep reading (and discarding) what the peer still sends,
+/// so that our close frame is not lost to a reset, and how much of it at most.
+const DRAIN_FOR: Duration = Duration::from_secs(3);
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
 
 /// A runner authenticated by its socket JWT (checked before the upgrade).
 pub struct RunnerAuth(pub String);
@@ -52,50 +72,161 @@ impl FromRequestParts<AppState> for RunnerAuth {
     }
 }
 
+fn header_has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Checks the RFC 6455 upgrade headers; returns the `Sec-WebSocket-Accept` value.
+fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
+    let bad = |m: &str| ApiError::bad_request("not_a_websocket_upgrade", m.to_owned());
+    if !header_has_token(h, header::CONNECTION, "upgrade")
+        || !header_has_token(h, header::UPGRADE, "websocket")
+    {
+        return Err(bad("this endpoint needs a WebSocket upgrade"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(bad("Sec-WebSocket-Version must be 13"));
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad("Sec-WebSocket-Key is missing"))?;
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
 pub async fn connect(
     State(s): State<AppState>,
     RunnerAuth(runner_id): RunnerAuth,
-    ws: WebSocketUpgrade,
-) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve(s, runner_id, socket))
-}
-
-async fn close(mut sink: SplitSink<WebSocket, Message>, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-}
-
-async fn read_hello(stream: &mut SplitStream<WebSocket>) -> Result<Hello, (u16, String)> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await;
-    let text = match first {
-        Ok(Some(Ok(Message::Text(t)))) => t,
-        Ok(_) => {
-            return Err((
-                close_code::EXPECTED_HELLO,
-                "first message must be hello".into(),
-            ))
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let accept = accept_key(req.headers())?;
+    let guard = s.runner_conns.try_acquire(&runner_id).ok_or_else(|| {
+        ApiError::TooManyRequests {
+            code: "too_many_connections",
+            message: format!(
+                "runner {runner_id} already has {} open connections (the limit); close one or wait for it to time out",
+                s.runner_conns.max()
+            ),
+            retry_after_s: 5,
         }
-        Err(_) => {
-            return Err((close_code::EXPECTED_HELLO, "no hello within 10 s".into()));
+    })?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let limits = s.settings.limits;
+    tokio::spawn(async move {
+        let io = match upgrade.await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(%runner_id, error = %e, "runner upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limits.runner_max_message_bytes))
+            .max_frame_size(Some(limits.runner_max_message_bytes));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve(s, runner_id, ws, guard).await;
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the link broke: nothing worth sending.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// Maps a read error to how the session ends: an oversized message is answered with 1009.
+fn end_for(e: WsError, max: usize) -> End {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => End::Close(
+            close_code::TOO_BIG,
+            format!("message of {size} bytes is larger than the limit of {max} bytes"),
+        ),
+        WsError::Protocol(p) => End::Close(close_code::PROTOCOL_ERROR, p.to_string()),
+        _ => End::Gone,
+    }
+}
+
+/// Sends a close frame, half-closes, and reads and discards what the peer still sends until it
+/// closes too (bounded by [`DRAIN_FOR`] and [`DRAIN_MAX_BYTES`]), so the close frame arrives.
+async fn close_and_drain(mut ws: Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: truncate(reason.to_owned(), 120).into(),
+    };
+    let deadline = Instant::now() + DRAIN_FOR;
+    if tokio::time::timeout_at(deadline, ws.close(Some(frame)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let io = ws.get_mut();
+    let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut drained = 0u64;
+    while drained < DRAIN_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            _ => break,
+        }
+    }
+}
+
+async fn read_hello(ws: &mut Ws, s: &AppState) -> Result<Hello, End> {
+    let limits = s.settings.limits;
+    let wait = HELLO_TIMEOUT.min(limits.runner_idle_timeout);
+    let deadline = Instant::now() + wait;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => break t,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => {
+                return Err(End::Close(
+                    close_code::EXPECTED_HELLO,
+                    "first message must be hello".into(),
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(end_for(e, limits.runner_max_message_bytes)),
+            Ok(None) => return Err(End::Gone),
+            Err(_) => {
+                return Err(End::Close(
+                    close_code::EXPECTED_HELLO,
+                    format!("no hello within {} s", wait.as_secs_f64()),
+                ));
+            }
         }
     };
     let hello = match serde_json::from_str::<RunnerMessage>(text.as_str()) {
         Ok(RunnerMessage::Hello(h)) => h,
         Ok(_) => {
-            return Err((
+            return Err(End::Close(
                 close_code::EXPECTED_HELLO,
                 "first message must be hello".into(),
             ))
         }
-        Err(e) => return Err((close_code::PROTOCOL_ERROR, format!("invalid hello: {e}"))),
+        Err(e) => {
+            return Err(End::Close(
+                close_code::PROTOCOL_ERROR,
+                format!("invalid hello: {e}"),
+            ))
+        }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err((
+        return Err(End::Close(
             close_code::UNSUPPORTED_PROTOCOL,
             format!(
                 "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
@@ -104,7 +235,7 @@ async fn read_hello(stream: &mut SplitStream<WebSocket>) -> Result<Hello, (u16, 
         ));
     }
     if hello.slots == 0 || hello.slots > MAX_SLOTS {
-        return Err((
+        return Err(End::Close(
             close_code::PROTOCOL_ERROR,
             format!("slots must be 1..={MAX_SLOTS}"),
         ));
@@ -112,13 +243,13 @@ async fn read_hello(stream: &mut SplitStream<WebSocket>) -> Result<Hello, (u16, 
     Ok(hello)
 }
 
-async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let hello = match read_hello(&mut stream).await {
+async fn serve(s: AppState, runner_id: String, mut ws: Ws, _guard: ConnectionGuard) {
+    let hello = match read_hello(&mut ws, &s).await {
         Ok(h) => h,
-        Err((code, reason)) => {
+        Err(End::Gone) => return,
+        Err(End::Close(code, reason)) => {
             tracing::warn!(%runner_id, code, %reason, "runner greeting refused");
-            close(sink, code, &reason).await;
+            close_and_drain(ws, code, &reason).await;
             return;
         }
     };
@@ -127,12 +258,15 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
     // is connected must find it registered. What registration pushes (assignments, cancels)
     // waits in the channel and goes out after the welcome.
     let (tx, rx) = mpsc::unbounded_channel();
-    let conn_id = s.dispatcher.register(&runner_id, &hello, tx.clone()).await;
+    // The session keeps a weak sender for acks of the results it records (weak: when the
+    // dispatcher drops this link, the channel still closes).
+    let acks = tx.downgrade();
+    let conn_id = s.dispatcher.register(&runner_id, &hello, tx).await;
     let welcome = ServerMessage::Welcome {
         runner_id: runner_id.clone(),
         heartbeat_interval_ms: heartbeat.as_millis() as u64,
     };
-    if sink
+    if ws
         .send(Message::Text(welcome.to_json().into()))
         .await
         .is_err()
@@ -141,49 +275,105 @@ async fn serve(s: AppState, runner_id: String, socket: WebSocket) {
         return;
     }
     tracing::info!(%runner_id, name = %hello.name, slots = hello.slots, "runner connected");
-
-    let mut send_task = tokio::spawn(send_loop(sink, rx, heartbeat, s.shutdown.clone()));
-    let mut recv_task = tokio::spawn(recv_loop(
-        s.clone(),
-        runner_id.clone(),
-        stream,
-        tx,
-        heartbeat,
-    ));
-    // When the send half ends it has sent any close frame it was asked to; when the receive
-    // half ends the peer is gone (or silent), so there is nothing left worth sending.
-    tokio::select! {
-        _ = &mut send_task => recv_task.abort(),
-        _ = &mut recv_task => send_task.abort(),
-    }
-    tracing::info!(%runner_id, "runner disconnected");
+    let end = session(&s, &runner_id, &mut ws, acks, rx).await;
+    // Unregister before the (possibly slow) close: nothing more may be pushed to this link.
     s.dispatcher.unregister(&runner_id, conn_id).await;
+    match end {
+        End::Gone => tracing::info!(%runner_id, "runner disconnected"),
+        End::Close(code, reason) => {
+            tracing::info!(%runner_id, code, %reason, "runner connection closed by the server");
+            close_and_drain(ws, code, &reason).await;
+        }
+    }
 }
 
-async fn send_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+/// The connected phase: one loop reads runner messages and writes what the dispatcher queued,
+/// so limits (rate, silence) and writes are judged in one place.
+async fn session(
+    s: &AppState,
+    runner_id: &str,
+    ws: &mut Ws,
+    tx: mpsc::WeakUnboundedSender<Outbound>,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
-    heartbeat: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> End {
+    let limits = s.settings.limits;
+    let heartbeat = s.settings.heartbeat;
+    // Three missed heartbeats (pongs answer our pings) and the link is considered dead; the
+    // idle timeout bounds silence independently of the heartbeat setting.
+    let dead_after = heartbeat * 3;
+    let idle = limits.runner_idle_timeout;
+    let silence = dead_after.min(idle);
+    // A write that cannot complete for as long (the peer stopped reading) also ends the link.
+    let write_timeout = silence;
+    let mut bucket = TokenBucket::new(limits.runner_rate_per_s, limits.runner_burst);
+    let mut shutdown = s.shutdown.clone();
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
+            m = ws.next() => {
+                let m = match m {
+                    None => return End::Gone,
+                    Some(Err(e)) => return end_for(e, limits.runner_max_message_bytes),
+                    Some(Ok(m)) => m,
+                };
+                last_heard = Instant::now();
+                if bucket.as_mut().is_some_and(|b| !b.try_take()) {
+                    tracing::warn!(%runner_id, "runner over its message rate; closing");
+                    return End::Close(
+                        close_code::POLICY,
+                        format!(
+                            "more than {} messages/s (burst {})",
+                            limits.runner_rate_per_s, limits.runner_burst
+                        ),
+                    );
+                }
+                let text = match m {
+                    Message::Text(t) => t,
+                    Message::Close(_) => {
+                        // Complete the closing handshake tungstenite started.
+                        let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
+                        return End::Gone;
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    Message::Binary(_) => {
+                        return End::Close(
+                            close_code::PROTOCOL_ERROR,
+                            "binary frames are not part of the protocol".into(),
+                        )
+                    }
+                };
+                let msg = match serde_json::from_str::<RunnerMessage>(text.as_str()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(%runner_id, error = %e, "invalid runner message");
+                        return End::Close(close_code::PROTOCOL_ERROR, format!("invalid message: {e}"));
+                    }
+                };
+                if let RunnerMessage::Hello(_) = msg {
+                    return End::Close(close_code::PROTOCOL_ERROR, "hello may only be sent once".into());
+                }
+                handle(s, runner_id, &tx, msg).await;
+            }
             m = rx.recv() => {
-                let Some(mut m) = m else { break };
+                let Some(mut m) = m else { return End::Gone };
                 // Feed everything already waiting, then flush once.
                 loop {
                     match m {
                         Outbound::Send(msg) => {
-                            if sink.feed(Message::Text(msg.to_json().into())).await.is_err() {
-                                return;
+                            let fed = tokio::time::timeout(
+                                write_timeout,
+                                ws.feed(Message::Text(msg.to_json().into())),
+                            )
+                            .await;
+                            if !matches!(fed, Ok(Ok(()))) {
+                                return End::Gone;
                             }
                         }
                         Outbound::Close(code, reason) => {
-                            let _ = sink.flush().await;
-                            close(sink, code, &reason).await;
-                            return;
+                            let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
+                            return End::Close(code, reason);
                         }
                     }
                     match rx.try_recv() {
@@ -191,81 +381,43 @@ async fn send_loop(
                         Err(_) => break,
                     }
                 }
-                if sink.flush().await.is_err() {
-                    return;
+                if !matches!(tokio::time::timeout(write_timeout, ws.flush()).await, Ok(Ok(()))) {
+                    return End::Gone;
                 }
             }
             _ = async { let _ = shutdown.wait_for(|v| *v).await; } => {
-                close(sink, close_code::GOING_AWAY, "server shutting down; reconnect").await;
-                return;
+                return End::Close(close_code::GOING_AWAY, "server shutting down; reconnect".into());
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                let sent = tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return End::Gone;
                 }
             }
-        }
-    }
-}
-
-async fn recv_loop(
-    s: AppState,
-    runner_id: String,
-    mut stream: SplitStream<WebSocket>,
-    tx: mpsc::UnboundedSender<Outbound>,
-    heartbeat: Duration,
-) {
-    // Three missed heartbeats (pongs answer our pings) and the link is considered dead.
-    let dead_after = heartbeat * 3;
-    loop {
-        let msg = match tokio::time::timeout(dead_after, stream.next()).await {
-            Err(_) => {
+            _ = tokio::time::sleep_until(last_heard + silence) => {
+                if idle <= dead_after {
+                    tracing::warn!(%runner_id, "runner sent nothing for {idle:?}; closing");
+                    return End::Close(
+                        close_code::IDLE_TIMEOUT,
+                        format!("nothing received for {} s", idle.as_secs_f64()),
+                    );
+                }
                 tracing::warn!(%runner_id, "runner silent for {dead_after:?}; dropping link");
-                return;
+                return End::Gone;
             }
-            Ok(None) | Ok(Some(Err(_))) => return,
-            Ok(Some(Ok(m))) => m,
-        };
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => return,
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Binary(_) => {
-                let _ = tx.send(Outbound::Close(
-                    close_code::PROTOCOL_ERROR,
-                    "binary frames are not part of the protocol".into(),
-                ));
-                continue;
-            }
-        };
-        let msg = match serde_json::from_str::<RunnerMessage>(text.as_str()) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%runner_id, error = %e, "invalid runner message");
-                let _ = tx.send(Outbound::Close(
-                    close_code::PROTOCOL_ERROR,
-                    format!("invalid message: {e}"),
-                ));
-                continue;
-            }
-        };
-        handle(&s, &runner_id, msg, &tx).await;
+        }
     }
 }
 
 async fn handle(
     s: &AppState,
     runner_id: &str,
+    tx: &mpsc::WeakUnboundedSender<Outbound>,
     msg: RunnerMessage,
-    tx: &mpsc::UnboundedSender<Outbound>,
 ) {
     match msg {
-        RunnerMessage::Hello(_) => {
-            let _ = tx.send(Outbound::Close(
-                close_code::PROTOCOL_ERROR,
-                "hello may only be sent once".into(),
-            ));
-        }
+        // Refused by the caller before it gets here.
+        RunnerMessage::Hello(_) => {}
         RunnerMessage::Progress(p) => {
             if p.percent > 100 || !s.dispatcher.holds(runner_id, &p.task_id, p.attempt) {
                 tracing::debug!(%runner_id, task_id = %p.task_id, "progress ignored (fenced or out of range)");
@@ -299,7 +451,7 @@ async fn handle(
 async fn finish(
     s: &AppState,
     runner_id: &str,
-    tx: &mpsc::UnboundedSender<Outbound>,
+    tx: &mpsc::WeakUnboundedSender<Outbound>,
     task_id: String,
     attempt: u32,
     result: Result<serde_json::Value, dap_protocol::TaskError>,
@@ -308,7 +460,9 @@ async fn finish(
         let tx = tx.clone();
         let task_id = task_id.clone();
         move || {
-            let _ = tx.send(Outbound::Send(ServerMessage::Ack { task_id, attempt }));
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Outbound::Send(ServerMessage::Ack { task_id, attempt }));
+            }
         }
     };
     if !s.dispatcher.holds(runner_id, &task_id, attempt) {

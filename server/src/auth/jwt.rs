@@ -57,6 +57,10 @@ pub struct Claims {
     /// SSE tickets may be limited to one task's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// Random id of this token, so two issued in the same second differ (the SSE feed counts
+    /// open streams per ticket by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 #[derive(Clone)]
@@ -105,6 +109,7 @@ impl JwtKeys {
             iat,
             exp: iat + ttl_s,
             task_id,
+            jti: Some(format!("{:032x}", rand::random::<u128>())),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .expect("HS256 signing of plain claims cannot fail")

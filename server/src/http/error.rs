@@ -35,6 +35,14 @@ pub enum ApiError {
     /// 413: an upload larger than the configured cap.
     #[error("{message}")]
     PayloadTooLarge { code: &'static str, message: String },
+    /// 429: a connection limit is reached (runner sockets per credential, SSE streams per
+    /// ticket); the client may retry after `retry_after_s`.
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after_s: u32,
+    },
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -76,6 +84,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, code, message, details) = match self {
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None),
@@ -88,6 +97,14 @@ impl IntoResponse for ApiError {
             } => (StatusCode::CONFLICT, code, message, details),
             Self::PayloadTooLarge { code, message } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, code, message, None)
+            }
+            Self::TooManyRequests {
+                code,
+                message,
+                retry_after_s,
+            } => {
+                retry_after = Some(retry_after_s);
+                (StatusCode::TOO_MANY_REQUESTS, code, message, None)
             }
             Self::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -113,6 +130,9 @@ impl IntoResponse for ApiError {
             err.as_object_mut().expect("literal object").extend(d);
         }
         let mut resp = (status, Json(json!({ "error": err }))).into_response();
+        if let Some(s) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));

@@ -24,6 +24,7 @@ use super::error::ApiError;
 use super::extract::{bearer, ApiQuery, Caller};
 use crate::auth::jwt::SSE_TICKET_TTL_S;
 use crate::auth::{AuthError, TokenKind};
+use crate::limits::ConnectionGuard;
 use crate::store::{Event, Scope, Store};
 use crate::AppState;
 
@@ -83,20 +84,30 @@ struct EventsQuery {
 /// Who may read the feed, and which task they are limited to.
 struct FeedAccess {
     task_scope: Option<String>,
+    /// The ticket's id when the feed was opened with one.
+    ticket_id: Option<String>,
 }
 
 async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedAccess, ApiError> {
     if let Some(ticket) = &q.ticket {
         let claims = s.jwt.verify(ticket, TokenKind::SseTicket)?;
+        // Tickets without an id (none are issued) count by their signature.
+        let ticket_id = claims
+            .jti
+            .unwrap_or_else(|| ticket.rsplit('.').next().unwrap_or(ticket).to_owned());
         return Ok(FeedAccess {
             task_scope: claims.task_id,
+            ticket_id: Some(ticket_id),
         });
     }
     match bearer(parts) {
         Some(key) => {
             let p = s.keys.verify(key).await?;
             Caller(p).require(Scope::Read)?;
-            Ok(FeedAccess { task_scope: None })
+            Ok(FeedAccess {
+                task_scope: None,
+                ticket_id: None,
+            })
         }
         None => Err(AuthError::Missing.into()),
     }
@@ -109,6 +120,21 @@ async fn events(
     let (mut parts, _) = req.into_parts();
     let ApiQuery(q) = ApiQuery::<EventsQuery>::from_request_parts(&mut parts, &s).await?;
     let access = authorize(&s, &parts, &q).await?;
+    // A ticket opens at most `sse_max_per_ticket` streams at once (a leaked ticket cannot fan
+    // out into thousands of subscriptions). Keyed by the ticket's signature, by its random id.
+    let slot = match &access.ticket_id {
+        Some(key) => {
+            Some(s.sse_conns.try_acquire(key).ok_or_else(|| ApiError::TooManyRequests {
+                code: "too_many_connections",
+                message: format!(
+                    "this ticket already has {} open streams (the limit); close one or request another ticket",
+                    s.sse_conns.max()
+                ),
+                retry_after_s: 1,
+            })?)
+        }
+        None => None,
+    };
     let task_filter = match (access.task_scope, q.task_id) {
         (Some(scoped), Some(asked)) if scoped != asked => {
             return Err(ApiError::Forbidden(
@@ -144,6 +170,7 @@ async fn events(
         replaying,
         buf: VecDeque::new(),
         shutdown: s.shutdown.clone(),
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
         let e = f.next().await?;
@@ -173,6 +200,8 @@ struct Feed {
     replaying: bool,
     buf: VecDeque<Arc<Event>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The ticket's place among its concurrent streams, given back when the stream ends.
+    _slot: Option<ConnectionGuard>,
 }
 
 impl Feed {

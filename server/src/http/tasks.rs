@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tasks/{id}/result", get(result))
         .route("/api/v1/tasks/{id}/events", get(history))
         .route("/api/v1/tasks/{id}/cancel", post(cancel))
+        .route("/api/v1/tasks/{id}/retry", post(retry))
 }
 
 /// JSON view of a task.
@@ -48,6 +49,9 @@ pub fn task_json(t: &Task) -> Value {
         "started_at": ts(t.started_at),
         "finished_at": ts(t.finished_at),
         "updated_at": ts(Some(t.updated_at)),
+        "timeout_s": t.timeout_s,
+        "max_attempts": t.max_attempts,
+        "retried_from": t.retried_from,
     })
 }
 
@@ -61,6 +65,44 @@ struct CreateTask {
     runner_id: Option<String>,
     #[serde(default)]
     queue: bool,
+    /// Seconds an attempt may run (1..=604800); checked by [`validate_limits`].
+    #[serde(default)]
+    timeout_s: Option<Value>,
+    /// Attempts the task may use (1..=10); default the server's `--max-attempts`.
+    #[serde(default)]
+    max_attempts: Option<Value>,
+}
+
+/// The validated per-task limits of a create.
+#[derive(Debug, Clone, Copy, Default)]
+struct TaskLimits {
+    timeout_s: Option<u32>,
+    max_attempts: Option<u32>,
+}
+
+/// Largest `timeout_s`: one week.
+const MAX_TIMEOUT_S: u64 = 604_800;
+const MAX_ATTEMPTS: u64 = 10;
+
+/// An optional integer field in `1..=max`, or a 422 naming the field.
+fn bounded_int(field: &str, v: &Option<Value>, max: u64) -> Result<Option<u32>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(ApiError::unprocessable(
+                "invalid_request",
+                format!("{field} must be an integer in 1..={max}, got {v}"),
+            )),
+        },
+    }
+}
+
+fn validate_limits(req: &CreateTask) -> Result<TaskLimits, ApiError> {
+    Ok(TaskLimits {
+        timeout_s: bounded_int("timeout_s", &req.timeout_s, MAX_TIMEOUT_S)?,
+        max_attempts: bounded_int("max_attempts", &req.max_attempts, MAX_ATTEMPTS)?,
+    })
 }
 
 /// Largest accepted `params` (serialized); results and data never travel in params.
@@ -256,6 +298,7 @@ async fn create(
         params_json,
         input,
     } = validate(&req)?;
+    let limits = validate_limits(&req)?;
     // A pipeline step is pinned to the runner that holds its input, like a targeted task.
     let target = match &input {
         Some(input) => Some(input_runner(&s, input, req.runner_id.as_deref()).await?),
@@ -269,6 +312,7 @@ async fn create(
         params: std::sync::Arc::new(params),
         target: target.clone(),
         attempt: 0,
+        timeout_s: limits.timeout_s,
     };
     let assign_to = match s.dispatcher.reserve_new(&queued) {
         Ok(r) => r,
@@ -332,6 +376,9 @@ async fn create(
         params_json,
         target_runner_id: target.clone(),
         assign_to: assign_to.clone(),
+        timeout_s: limits.timeout_s,
+        max_attempts: limits.max_attempts,
+        retried_from: None,
     };
     if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
         if let Some(r) = &assign_to {
@@ -347,6 +394,7 @@ async fn create(
                 operation_code: code,
                 params: (*queued.params).clone(),
             };
+            s.dispatcher.arm_timeout(&task_id, 1, limits.timeout_s);
             if !s.dispatcher.push(runner, a) {
                 s.dispatcher
                     .requeue(runner, vec![(task_id.clone(), 1)], "runner_disconnected")
@@ -519,4 +567,107 @@ async fn cancel(
             "unexpected cancel outcome {other:?}"
         ))),
     }
+}
+
+/// `POST /api/v1/tasks/{id}/retry`: a failed or cancelled task runs again as a **new** task (same
+/// operation, params, target, timeout and max_attempts; `retried_from` links it back). The new
+/// task is placed like a create with `"queue": true`: a busy or offline target queues it.
+async fn retry(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Write)?;
+    let old = load(&s, &id).await?;
+    if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return Err(ApiError::Conflict {
+            code: "task_not_retryable",
+            message: format!(
+                "task {id} is {}; only failed or cancelled tasks can be retried",
+                old.status.as_str()
+            ),
+            details: Some(json!({ "status": old.status.as_str() })),
+        });
+    }
+    let task_id = uuid::Uuid::now_v7().to_string();
+    let queued = QueuedTask {
+        task_id: task_id.clone(),
+        operation_code: old.operation_code,
+        dataset: dataset_of(&old.params),
+        params: std::sync::Arc::new(old.params.clone()),
+        target: old.target_runner_id.clone(),
+        attempt: 0,
+        timeout_s: old.timeout_s,
+    };
+    let assign_to = match s.dispatcher.reserve_new(&queued) {
+        Ok(r) => r,
+        Err(Refusal::Busy { .. } | Refusal::Offline) => None,
+        Err(Refusal::UnsupportedOperation) => {
+            return Err(ApiError::unprocessable(
+                "unsupported_operation",
+                format!(
+                    "runner {} does not support operation {}",
+                    old.target_runner_id.as_deref().unwrap_or_default(),
+                    old.operation_code
+                ),
+            ))
+        }
+        Err(Refusal::DatasetNotOnRunner(d)) => {
+            return Err(ApiError::unprocessable(
+                "unknown_dataset",
+                format!(
+                    "runner {} does not declare a dataset named {d:?}",
+                    old.target_runner_id.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
+    };
+    let new = NewTask {
+        id: task_id.clone(),
+        operation_code: old.operation_code,
+        params_json: old.params.to_string(),
+        target_runner_id: old.target_runner_id.clone(),
+        assign_to: assign_to.clone(),
+        timeout_s: old.timeout_s,
+        max_attempts: old.max_attempts,
+        retried_from: Some(id.clone()),
+    };
+    if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
+        if let Some(r) = &assign_to {
+            s.dispatcher.release(r, &task_id, 1).await;
+        }
+        return Err(e.into());
+    }
+    let status = match &assign_to {
+        Some(runner) => {
+            let a = Assignment {
+                task_id: task_id.clone(),
+                attempt: 1,
+                operation_code: old.operation_code,
+                params: old.params.clone(),
+            };
+            s.dispatcher.arm_timeout(&task_id, 1, old.timeout_s);
+            if s.dispatcher.push(runner, a) {
+                TaskStatus::Assigned
+            } else {
+                s.dispatcher
+                    .requeue(runner, vec![(task_id.clone(), 1)], "runner_disconnected")
+                    .await;
+                TaskStatus::Queued
+            }
+        }
+        None => {
+            s.dispatcher.enqueue(queued).await;
+            TaskStatus::Queued
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "task_id": task_id,
+            "status": status.as_str(),
+            "runner_id": assign_to,
+            "retried_from": id,
+        })),
+    ))
 }

@@ -166,6 +166,27 @@ impl Store {
             .collect()
     }
 
+    /// In-flight attempts that have a timeout: `(task_id, attempt, assigned_at ms, timeout_s)`.
+    /// At start-up the dispatcher re-arms their timers with the time they have left.
+    pub async fn timed_in_flight(&self) -> Result<Vec<(String, u32, i64, u32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, attempt, COALESCE(assigned_at, updated_at), timeout_s FROM tasks \
+             WHERE status IN ('assigned', 'running') AND timeout_s IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<i64, _>(1)? as u32,
+                    r.try_get(2)?,
+                    r.try_get::<i64, _>(3)? as u32,
+                ))
+            })
+            .collect()
+    }
+
     // ---- tasks ----
 
     pub async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
@@ -451,7 +472,7 @@ fn synchronous_full() -> bool {
 const TASK_COLUMNS: &str =
     "id, operation_code, params, status, target_runner_id, runner_id, attempt, \
      progress, stage, message, result_data, error_code, error_message, created_at, assigned_at, \
-     started_at, finished_at, updated_at";
+     started_at, finished_at, updated_at, timeout_s, max_attempts, retried_from";
 const ARTIFACT_COLUMNS: &str =
     "task_id, name, attempt, size, sha256, content_type, blob_key, created_at";
 
@@ -499,6 +520,9 @@ fn task_from_row(r: &SqliteRow) -> Result<Task, StoreError> {
         started_at: r.try_get(15)?,
         finished_at: r.try_get(16)?,
         updated_at: r.try_get(17)?,
+        timeout_s: r.try_get::<Option<i64>, _>(18)?.map(|v| v as u32),
+        max_attempts: r.try_get::<Option<i64>, _>(19)?.map(|v| v as u32),
+        retried_from: r.try_get(20)?,
     })
 }
 

@@ -94,6 +94,12 @@ pub struct Task {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// Longest an attempt may run (from its assignment), if limited.
+    pub timeout_s: Option<u32>,
+    /// Attempts this task may use; `None` = the server's `--max-attempts`.
+    pub max_attempts: Option<u32>,
+    /// The task this one is a manual retry of.
+    pub retried_from: Option<String>,
 }
 
 /// What a create writes. `assign_to` is set when the dispatcher already reserved a slot.
@@ -105,6 +111,9 @@ pub struct NewTask {
     pub params_json: String,
     pub target_runner_id: Option<String>,
     pub assign_to: Option<String>,
+    pub timeout_s: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub retried_from: Option<String>,
 }
 
 /// A runner enrolment row.

@@ -56,14 +56,16 @@ pub enum WriteOp {
     Cancel {
         task_id: String,
     },
-    /// Puts an attempt back in the queue. With `max_attempts`, an attempt that was the last
-    /// one allowed fails the task with `runner_lost` instead.
+    /// Puts an attempt back in the queue. With `max_attempts` (the server default; the task's
+    /// own `max_attempts` wins when set), an attempt that was the last one allowed fails the
+    /// task with error code `fail_code` instead.
     Requeue {
         task_id: String,
         runner_id: String,
         attempt: u32,
         reason: &'static str,
         max_attempts: Option<u32>,
+        fail_code: &'static str,
     },
     RunnerState {
         runner_id: String,
@@ -82,7 +84,7 @@ pub enum Outcome {
     Applied(bool),
     /// Result of a cancel request.
     Cancel(CancelOutcome),
-    /// A requeue found the task on its last allowed attempt and failed it (`runner_lost`).
+    /// A requeue found the task on its last allowed attempt and failed it (with its `fail_code`).
     Lost,
 }
 
@@ -296,7 +298,8 @@ fn apply(
             };
             tx.prepare_cached(
                 "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, attempt, \
-                 progress, created_at, assigned_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8)",
+                 progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, retried_from) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
             )?
             .execute(params![
                 t.id,
@@ -308,11 +311,17 @@ fn apply(
                 attempt,
                 now,
                 assigned_at,
+                t.timeout_s,
+                t.max_attempts,
+                t.retried_from,
             ])?;
-            let data = json!({
+            let mut data = json!({
                 "task_id": t.id, "status": "queued", "operation_code": t.operation_code,
                 "target_runner_id": t.target_runner_id, "progress": 0,
             });
+            if let Some(from) = &t.retried_from {
+                data["retried_from"] = Value::from(from.as_str());
+            }
             append_event(tx, events, "task.created", Some(&t.id), None, data)?;
             if let Some(runner) = &t.assign_to {
                 let data = json!({
@@ -498,23 +507,33 @@ fn apply(
             attempt,
             reason,
             max_attempts,
+            fail_code,
         } => {
+            let max_attempts = match max_attempts {
+                Some(default) => {
+                    let own: Option<Option<i64>> = tx
+                        .prepare_cached("SELECT max_attempts FROM tasks WHERE id = ?1")?
+                        .query_row(params![task_id], |r| r.get(0))
+                        .optional()?;
+                    Some(own.flatten().map_or(*default, |v| v as u32))
+                }
+                None => None,
+            };
             if max_attempts.is_some_and(|max| *attempt >= max) {
+                let message = if *fail_code == "timeout" {
+                    format!("attempt {attempt} of {attempt} exceeded the task's timeout_s")
+                } else {
+                    format!("runner lost the task on attempt {attempt} of {attempt} ({reason})")
+                };
                 let row: Option<(i64, i64)> = tx
                     .prepare_cached(
-                        "UPDATE tasks SET status = 'failed', error_code = 'runner_lost', error_message = ?1, \
+                        "UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
                          finished_at = ?2, updated_at = ?2 \
                          WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running') \
                          RETURNING operation_code, progress",
                     )?
                     .query_row(
-                        params![
-                            format!("runner lost the task on attempt {attempt} of {attempt} ({reason})"),
-                            now,
-                            task_id,
-                            runner_id,
-                            attempt
-                        ],
+                        params![message, now, task_id, runner_id, attempt, fail_code],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
@@ -524,7 +543,7 @@ fn apply(
                 let data = json!({
                     "task_id": task_id, "status": "failed", "operation_code": code,
                     "runner_id": runner_id, "attempt": attempt, "progress": progress,
-                    "error": { "code": "runner_lost", "message": format!("runner lost the task ({reason}) and no attempts are left") },
+                    "error": { "code": fail_code, "message": message },
                 });
                 append_event(
                     tx,

@@ -5,8 +5,11 @@ mod common;
 
 mod artifacts;
 mod auth;
+mod concurrency;
 mod crash;
 mod dispatch;
 mod flow;
 mod leases;
+mod limits;
+mod timeouts;
 mod webhooks;
