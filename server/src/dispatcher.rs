@@ -187,16 +187,18 @@ pub struct Dispatcher {
     store: Store,
     changes: mpsc::UnboundedSender<StateChange>,
     leases: Leases,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, leases: Leases) -> Arc<Self> {
+    pub fn new(store: Store, metrics: Arc<crate::metrics::Metrics>, leases: Leases) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
         let d = Arc::new(Self {
             state: Mutex::default(),
             store: store.clone(),
             changes,
             leases,
+            metrics,
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -639,7 +641,11 @@ impl Dispatcher {
                             operation_code: t.operation_code,
                             params: (*t.params).clone(),
                         };
-                        if !self.push(runner_id, a) {
+                        let pushed = self.push(runner_id, a);
+                        if pushed && attempt == 1 {
+                            self.metrics.observe_dispatch_of_queued(&t.task_id);
+                        }
+                        if !pushed {
                             // The runner went away between pick and push; its unregister
                             // requeues what it held, but this task was not yet in the store
                             // as assigned when that ran, so requeue it here.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod socket;
 pub mod store;
 pub mod webhooks;
@@ -34,6 +35,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub max_artifact_bytes: u64,
     pub webhooks: webhooks::WebhookSettings,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<config::Secret>,
 }
 
 /// Everything a handler can reach.
@@ -45,6 +48,7 @@ pub struct Shared {
     pub keys: auth::ApiKeyVerifier,
     pub blobs: blobs::FsBlobStore,
     pub settings: Settings,
+    pub metrics: Arc<metrics::Metrics>,
     /// Flips to `true` when the server is shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
@@ -61,6 +65,8 @@ pub enum ServerError {
     Auth(#[from] auth::AuthError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// Opens the store (applying migrations) and rebuilds the dispatcher from it: the queue, and
@@ -74,8 +80,10 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     let blob_dir = config.data_dir.join("blobs");
     let blobs = blobs::FsBlobStore::new(&blob_dir)
         .map_err(|e| ServerError::Io(format!("creating {}", blob_dir.display()), e))?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
     let dispatcher = Dispatcher::new(
         store.clone(),
+        metrics.clone(),
         dispatcher::Leases {
             grace: config.runner_grace,
             max_attempts: config.max_attempts,
@@ -88,7 +96,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         grace_s = config.runner_grace.as_secs_f64(),
         "store open; runners holding in-flight tasks have their grace period to resume them"
     );
-    webhooks::spawn_worker(store.clone(), config.webhooks);
+    webhooks::spawn_worker(store.clone(), config.webhooks, metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),
@@ -101,7 +109,9 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
             heartbeat: config.heartbeat,
             max_artifact_bytes: config.max_artifact_bytes,
             webhooks: config.webhooks,
+            metrics_token: config.metrics_token.clone(),
         },
+        metrics,
         shutdown,
         shutdown_tx,
         cors_origins: config.cors_origins.clone(),

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod metrics;
 pub mod runners;
 pub mod tasks;
 pub mod webhooks;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
         .merge(tasks::router())
         .merge(runners::router())
         .merge(events::router())

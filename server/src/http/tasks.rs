@@ -249,6 +249,7 @@ async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = std::time::Instant::now();
     caller.require(Scope::Write)?;
     let Validated {
         code,
@@ -353,6 +354,7 @@ async fn create(
                     .await;
                 TaskStatus::Queued
             } else {
+                s.metrics.observe_dispatch(started.elapsed());
                 TaskStatus::Assigned
             }
         }

@@ -9,4 +9,5 @@ mod crash;
 mod dispatch;
 mod flow;
 mod leases;
+mod metrics;
 mod webhooks;
