@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod socket;
 pub mod store;
+pub mod tls;
 pub mod webhooks;
 
 use std::future::Future;
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, Method};
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -149,12 +149,17 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then closes runner sockets and SSE
-/// streams and waits (up to 5 s) for in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
+/// streams and waits (up to 5 s) for in-flight requests. `listener` is a `TcpListener`, or a
+/// [`tls::TlsListener`] wrapping one for HTTPS.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let tx = state.shutdown_tx.clone();
     let mut done = state.shutdown.clone();
     let app = app(state);

@@ -55,8 +55,19 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, "dap-server listening");
-            serve(listener, state, shutdown_signal()).await?;
+            let addr = listener.local_addr()?;
+            match &config.tls {
+                Some(files) => {
+                    let tls = dap_server::tls::server_config(&files.cert, &files.key)?;
+                    let listener = dap_server::tls::TlsListener::new(listener, tls)?;
+                    tracing::info!(%addr, "dap-server listening (HTTPS, runners use wss://)");
+                    serve(listener, state, shutdown_signal()).await?;
+                }
+                None => {
+                    tracing::info!(%addr, "dap-server listening");
+                    serve(listener, state, shutdown_signal()).await?;
+                }
+            }
             tracing::info!("dap-server stopped");
             Ok(())
         }

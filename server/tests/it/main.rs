@@ -10,4 +10,5 @@ mod dispatch;
 mod flow;
 mod leases;
 mod metrics;
+mod tls;
 mod webhooks;
