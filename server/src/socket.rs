@@ -52,6 +52,10 @@ impl FromRequestParts<AppState> for RunnerAuth {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/runners/connect", tag = "runners", security(("runner_jwt" = [])),
+    description = "The runner WebSocket (HTTP/1.1 upgrade). Messages are the JSON of `dap-protocol`; close codes 4001 revoked, 4002 protocol, 4004 replaced.",
+    responses((status = 101, description = "Switching protocols"), (status = 401, body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Browser request (Origin header)", body = crate::http::openapi::ErrorBody)))]
 pub async fn connect(
     State(s): State<AppState>,
     RunnerAuth(runner_id): RunnerAuth,

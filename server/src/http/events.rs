@@ -22,6 +22,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::error::ApiError;
 use super::extract::{bearer, ApiQuery, Caller};
+use super::openapi::ErrorBody;
 use crate::auth::jwt::SSE_TICKET_TTL_S;
 use crate::auth::{AuthError, TokenKind};
 use crate::store::{Event, Scope, Store};
@@ -37,13 +38,15 @@ pub fn router() -> Router<AppState> {
 const REPLAY_PAGE: u32 = 1000;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TicketRequest {
     #[serde(default)]
     task_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/sse-tickets", tag = "events", security(("api_key" = [])), request_body = TicketRequest,
+    responses((status = 200, description = "`{ticket, expires_in}` (≤ 60 s, read-only)", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn ticket(
     State(s): State<AppState>,
     caller: Caller,
@@ -71,8 +74,9 @@ async fn ticket(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     ticket: Option<String>,
     task_id: Option<String>,
@@ -102,6 +106,9 @@ async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedA
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("api_key" = []), ("sse_ticket" = [])), params(EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "Server-sent events: `task.*` and `runner.*`", content_type = "text/event-stream"), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn events(
     State(s): State<AppState>,
     req: axum::extract::Request,

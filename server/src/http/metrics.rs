@@ -13,6 +13,9 @@ use super::error::ApiError;
 use super::extract::bearer_header;
 use crate::AppState;
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("metrics_token" = [])),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"),
+        (status = 401, description = "`--metrics-token` is set and was not sent", body = super::openapi::ErrorBody)))]
 pub async fn scrape(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -10,5 +10,6 @@ mod dispatch;
 mod flow;
 mod leases;
 mod metrics;
+mod openapi;
 mod tls;
 mod webhooks;
