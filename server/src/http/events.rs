@@ -112,7 +112,13 @@ async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedA
 async fn events(
     State(s): State<AppState>,
     req: axum::extract::Request,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<
+    (
+        [(&'static str, &'static str); 1],
+        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
+    ),
+    ApiError,
+> {
     let (mut parts, _) = req.into_parts();
     let ApiQuery(q) = ApiQuery::<EventsQuery>::from_request_parts(&mut parts, &s).await?;
     let access = authorize(&s, &parts, &q).await?;
@@ -156,7 +162,11 @@ async fn events(
         let e = f.next().await?;
         Some((Ok(to_sse(&e)), f))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+    // Tells nginx (and proxies that honour it) not to buffer the stream.
+    Ok((
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")),
+    ))
 }
 
 fn to_sse(e: &Event) -> SseEvent {

@@ -119,6 +119,7 @@ async fn metrics_follow_runners_tasks_queue_and_sse() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["x-accel-buffering"], "no");
     assert_eq!(metrics(&srv).await["dap_sse_subscribers"], 1.0);
     drop(sse);
 
