@@ -51,14 +51,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match &cli.command {
         None | Some(Command::Serve) => {
             let config = ServeConfig::from_args(&cli.store, &cli.serve);
+            // Unusable certificate files fail here, before the store is opened.
+            let tls = match &config.tls {
+                Some(files) => Some(dap_server::tls::server_config(&files.cert, &files.key)?),
+                None => None,
+            };
             let state = build_state(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
             let addr = listener.local_addr()?;
-            match &config.tls {
-                Some(files) => {
-                    let tls = dap_server::tls::server_config(&files.cert, &files.key)?;
+            match tls {
+                Some(tls) => {
                     let listener = dap_server::tls::TlsListener::new(listener, tls)?;
                     tracing::info!(%addr, "dap-server listening (HTTPS, runners use wss://)");
                     serve(listener, state, shutdown_signal()).await?;
