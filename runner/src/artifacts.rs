@@ -288,13 +288,22 @@ struct Stored {
 impl Uploader {
     /// An uploader for the server at `server` (`http://host:port[/prefix]`).
     pub fn new(server: &str, credential: &str) -> Result<Self, String> {
+        Self::with_trust(server, credential, &crate::tls::Trust::default())
+    }
+
+    /// Like [`Self::new`], trusting `trust`'s extra CA certificates for an `https://` server.
+    pub fn with_trust(
+        server: &str,
+        credential: &str,
+        trust: &crate::tls::Trust,
+    ) -> Result<Self, String> {
         let endpoints = Endpoints::from_server(server)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("dap-runner/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let http = trust.http_client(
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .user_agent(concat!("dap-runner/", env!("CARGO_PKG_VERSION"))),
+        )?;
         Ok(Self {
             http,
             base: endpoints.base_url,

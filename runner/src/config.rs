@@ -71,6 +71,11 @@ pub struct Cli {
     #[arg(long, env = "DAP_RUNNER_KEEP_OUTPUTS_BYTES", value_name = "BYTES")]
     pub keep_outputs_bytes: Option<u64>,
 
+    /// Extra CA certificate(s), PEM, to trust for an https:// server (e.g. a self-signed one);
+    /// the built-in Mozilla roots are always trusted.
+    #[arg(long, env = "DAP_RUNNER_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+
     /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long, env = "DAP_RUNNER_NO_PROGRESS")]
     pub no_progress: bool,
@@ -86,6 +91,7 @@ pub struct FileConfig {
     pub slots: Option<u32>,
     pub state_dir: Option<PathBuf>,
     pub keep_outputs_bytes: Option<u64>,
+    pub ca_cert: Option<PathBuf>,
     #[serde(default)]
     pub datasets: toml::Table,
 }
@@ -206,6 +212,9 @@ pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig
             .keep_outputs_bytes
             .or(file.keep_outputs_bytes)
             .unwrap_or(crate::outputs::DEFAULT_MAX_BYTES),
+        ca_cert: cli
+            .ca_cert
+            .or_else(|| file.ca_cert.map(|p| file_dir.join(p))),
     };
     validate(&config)?;
     Ok(config)
@@ -281,8 +290,8 @@ pub fn infer_format(path: &Path) -> Result<DatasetFormat, String> {
 /// callers get the same checks as the command line).
 pub fn validate(config: &RunnerConfig) -> Result<(), ConfigError> {
     let endpoints = Endpoints::from_server(&config.server).map_err(invalid)?;
-    if endpoints.needs_tls() && !crate::connection::TLS_SUPPORTED {
-        return Err(invalid(crate::connection::tls_unsupported_message()));
+    if config.ca_cert.is_some() && !endpoints.needs_tls() {
+        return Err(invalid("--ca-cert only applies to an https:// server URL"));
     }
     if config.token.trim().is_empty() {
         return Err(invalid("the runner token is empty"));

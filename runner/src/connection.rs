@@ -30,10 +30,6 @@ use crate::executor::Executor;
 use crate::outbox::Outbox;
 use crate::{operations, RunnerConfig, RunnerError};
 
-/// This build links no TLS stack (reqwest and tokio-tungstenite are built without one), so an
-/// `https://` server is refused up front with a clear message instead of failing on every dial.
-pub const TLS_SUPPORTED: bool = false;
-
 /// First reconnect delay ceiling.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// Largest reconnect delay.
@@ -225,21 +221,22 @@ struct SocketToken {
 /// Connect, serve and reconnect until `shutdown` completes or the server refuses us for good.
 pub async fn run(
     config: &RunnerConfig,
+    trust: &crate::tls::Trust,
     catalog: &Catalog,
     executor: &Executor,
     outbox: &Arc<Outbox>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunnerError> {
     let endpoints = Endpoints::from_server(&config.server).map_err(RunnerError::Config)?;
-    if endpoints.needs_tls() && !TLS_SUPPORTED {
-        return Err(RunnerError::Config(tls_unsupported_message()));
-    }
-    let http = reqwest::Client::builder()
-        .timeout(DIAL_TIMEOUT)
-        .connect_timeout(DIAL_TIMEOUT)
-        .user_agent(concat!("dap-runner/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| RunnerError::Internal(format!("HTTP client: {e}")))?;
+    let http = trust
+        .http_client(
+            reqwest::Client::builder()
+                .timeout(DIAL_TIMEOUT)
+                .connect_timeout(DIAL_TIMEOUT)
+                .user_agent(concat!("dap-runner/", env!("CARGO_PKG_VERSION"))),
+        )
+        .map_err(RunnerError::Config)?;
+    let connector = trust.ws_connector().map_err(RunnerError::Config)?;
     let link = Link {
         config,
         catalog,
@@ -252,7 +249,7 @@ pub async fn run(
     loop {
         let dial = async {
             let jwt = fetch_socket_token(&http, &endpoints, &config.token).await?;
-            open_socket(&endpoints, &jwt).await
+            open_socket(&endpoints, &jwt, connector.clone()).await
         };
         let dialled = tokio::select! {
             _ = &mut shutdown => return Ok(()),
@@ -306,12 +303,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-pub fn tls_unsupported_message() -> String {
-    "https:// servers need TLS, which this build of dap-runner does not include yet; \
-     use an http:// URL (e.g. through a local TLS-terminating tunnel)"
-        .to_owned()
-}
-
 /// Step 1: trade the enrolment credential for a short-lived socket JWT.
 async fn fetch_socket_token(
     http: &reqwest::Client,
@@ -343,7 +334,11 @@ async fn fetch_socket_token(
 }
 
 /// Step 2: the WebSocket, authenticated by the JWT on the upgrade request.
-async fn open_socket(endpoints: &Endpoints, jwt: &str) -> Result<Socket, DialError> {
+async fn open_socket(
+    endpoints: &Endpoints,
+    jwt: &str,
+    connector: tokio_tungstenite::Connector,
+) -> Result<Socket, DialError> {
     let mut request = endpoints
         .connect_url
         .as_str()
@@ -354,7 +349,9 @@ async fn open_socket(endpoints: &Endpoints, jwt: &str) -> Result<Socket, DialErr
     value.set_sensitive(true);
     request.headers_mut().insert(AUTHORIZATION, value);
 
-    let connect = tokio_tungstenite::connect_async(request);
+    // Our connector (not tokio-tungstenite's default) so `--ca-cert` applies to wss:// too.
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
     match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
         Err(_) => Err(DialError::Socket(format!(
             "no handshake within {}s",

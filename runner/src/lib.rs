@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod outputs;
 pub mod progress;
 pub mod terminal;
+pub mod tls;
 
 #[cfg(test)]
 mod test_support;
@@ -57,6 +58,8 @@ pub struct RunnerConfig {
     pub state_dir: Option<PathBuf>,
     /// Byte budget of kept task outputs (0 keeps none).
     pub keep_outputs_bytes: u64,
+    /// Extra CA certificates (PEM) to trust for an `https://` server, e.g. a self-signed one.
+    pub ca_cert: Option<PathBuf>,
 }
 
 // Hand-written so that the token can never reach a log line through `{:?}`.
@@ -71,6 +74,7 @@ impl fmt::Debug for RunnerConfig {
             .field("show_progress_bars", &self.show_progress_bars)
             .field("state_dir", &self.state_dir)
             .field("keep_outputs_bytes", &self.keep_outputs_bytes)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -166,6 +170,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunnerError> {
     config::validate(&config).map_err(|e| RunnerError::Config(e.to_string()))?;
+    let trust = tls::Trust::load(config.ca_cert.as_deref()).map_err(RunnerError::Config)?;
 
     let specs = config.datasets.clone();
     // Reading schemas is blocking polars work; keep it off the async workers.
@@ -228,7 +233,8 @@ pub async fn run(
         );
     }
     let outbox = Arc::new(outbox);
-    let uploader = Uploader::new(&config.server, &config.token).map_err(RunnerError::Config)?;
+    let uploader =
+        Uploader::with_trust(&config.server, &config.token, &trust).map_err(RunnerError::Config)?;
     let executor = Executor::new(
         config.slots,
         Arc::clone(&catalog),
@@ -236,7 +242,7 @@ pub async fn run(
         Arc::new(uploader),
         config.show_progress_bars,
     );
-    let result = connection::run(&config, &catalog, &executor, &outbox, shutdown).await;
+    let result = connection::run(&config, &trust, &catalog, &executor, &outbox, shutdown).await;
     // However the link ended, stop the tasks still running: nobody will hear their results,
     // and an in-process caller expects nothing of this runner to outlive `run`.
     executor.shut_down();
@@ -276,6 +282,7 @@ mod tests {
                 std::env::temp_dir().join(format!("dap-runner-test-{}", std::process::id())),
             ),
             keep_outputs_bytes: 0,
+            ca_cert: None,
         };
         let err = run(config, std::future::pending()).await.unwrap_err();
         assert!(matches!(err, RunnerError::Config(_)), "{err}");
@@ -295,6 +302,7 @@ mod tests {
                 std::env::temp_dir().join(format!("dap-runner-test-{}", std::process::id())),
             ),
             keep_outputs_bytes: 0,
+            ca_cert: None,
         };
         let stop = tokio::time::sleep(std::time::Duration::from_millis(300));
         let result = tokio::time::timeout(std::time::Duration::from_secs(10), run(config, stop))

@@ -19,6 +19,7 @@ fn runner(args: &[&str]) -> Output {
         "DAP_RUNNER_SLOTS",
         "DAP_RUNNER_NAME",
         "DAP_RUNNER_CONFIG",
+        "DAP_RUNNER_CA_CERT",
     ] {
         cmd.env_remove(var);
     }
@@ -81,10 +82,42 @@ fn bad_dataset_declarations_fail_before_connecting() {
 }
 
 #[test]
-fn https_is_refused_until_tls_is_built_in() {
-    let o = runner(&["--server", "https://dap.example.com", "--token", TOKEN]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("TLS"), "{}", stderr(&o));
+fn a_bad_ca_cert_is_a_usage_error() {
+    let o = runner(&[
+        "--server",
+        "https://127.0.0.1:9",
+        "--token",
+        TOKEN,
+        "--ca-cert",
+        "/definitely/not/here.pem",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--ca-cert"), "{}", stderr(&o));
+    assert_no_token(&o);
+
+    // A file without a certificate in it.
+    let o = runner(&[
+        "--server",
+        "https://127.0.0.1:9",
+        "--token",
+        TOKEN,
+        "--ca-cert",
+        sample_csv().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no PEM certificate"), "{}", stderr(&o));
+
+    // A CA for a plain-http server is a mistake worth pointing out.
+    let o = runner(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        TOKEN,
+        "--ca-cert",
+        sample_csv().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("https://"), "{}", stderr(&o));
 }
 
 #[test]

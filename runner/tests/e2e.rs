@@ -109,6 +109,7 @@ fn runner_config(srv: &Server, token: &str, csv: &Path) -> RunnerConfig {
         // Each test's CSV sits in its own temp dir: keep the runner's state next to it.
         state_dir: Some(csv.parent().expect("csv in a dir").join("state")),
         keep_outputs_bytes: dap_runner::outputs::DEFAULT_MAX_BYTES,
+        ca_cert: None,
     }
 }
 
@@ -1294,5 +1295,156 @@ async fn a_result_finished_while_the_server_was_down_survives_a_runner_crash() {
     let _ = stop.send(());
     runner.await.unwrap().unwrap();
     srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server serving HTTPS itself (`--tls-cert/--tls-key`) with a self-signed certificate made
+/// here: the real runner, trusting it through `ca_cert`, connects over `wss://`, runs a filter
+/// and uploads its artifact over `https://`; clients without the CA, or speaking plain HTTP to the
+/// TLS port, get nowhere.
+#[tokio::test]
+async fn runner_over_wss_to_a_tls_server_with_a_self_signed_certificate() {
+    let dir = temp_dir("tls");
+    let csv = write_csv(&dir);
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+
+    let config = ServeConfig::for_dir(&dir.join("srv"));
+    let state = build_state(&config).await.unwrap();
+    let tls = dap_server::tls::server_config(&cert_pem, &key_pem).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let listener = dap_server::tls::TlsListener::new(tcp, tls).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        serve(listener, st, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (_, key) = auth::api_keys::create_api_key(&state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+
+    // Without the CA the certificate is refused; plain HTTP on the TLS port gets no answer.
+    let e = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    assert!(reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .is_err());
+
+    let r: Value = https
+        .post(format!("{base}/api/v1/runners"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "tls"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["token"].as_str().unwrap().to_owned();
+    let rc = RunnerConfig {
+        server: base.clone(),
+        token,
+        name: "tls".into(),
+        slots: 1,
+        datasets: vec![DatasetSpec {
+            name: "people".into(),
+            path: csv.clone(),
+            format: DatasetFormat::Csv,
+        }],
+        show_progress_bars: false,
+        state_dir: Some(dir.join("state")),
+        keep_outputs_bytes: 0,
+        ca_cert: Some(cert_pem.clone()),
+    };
+    let (stop_runner, runner_stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(rc, async {
+        let _ = runner_stopped.await;
+    }));
+
+    let created: Value = https
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth(&key)
+        .json(&json!({"operation_code": 200, "queue": true, "params": {
+            "dataset": "people",
+            "where": {"column": "age", "op": "ge", "value": 40},
+        }}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["task_id"].as_str().expect("created").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let t: Value = https
+            .get(format!("{base}/api/v1/tasks/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["status"] == "completed" || t["status"] == "failed" {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stuck: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(task["status"], "completed", "{task}");
+    // The artifact went up over https:// and comes back intact.
+    let res: Value = https
+        .get(format!("{base}/api/v1/tasks/{id}/result"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = &res["artifacts"][0];
+    assert_eq!(a["name"], "output.csv", "{res}");
+    let body = https
+        .get(format!("{base}/api/v1/tasks/{id}/artifacts/output.csv"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(a["size"], body.len());
+    assert!(body.starts_with(b"id,name,age,score\n"));
+
+    let _ = stop_runner.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), runner)
+        .await
+        .expect("the runner stops when asked")
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+    state.store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

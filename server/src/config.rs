@@ -141,6 +141,43 @@ pub struct ServeArgs {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Bearer token Prometheus must send to read `/metrics`; without one `/metrics` is open
+    /// (it exposes counts only, like `/healthz`).
+    #[arg(long, env = "DAP_METRICS_TOKEN", hide_env_values = true, global = true)]
+    pub metrics_token: Option<Secret>,
+    /// TLS certificate chain (PEM) to serve HTTPS and `wss://` directly; needs `--tls-key`.
+    #[arg(long, env = "DAP_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for `--tls-cert`.
+    #[arg(long, env = "DAP_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A configured secret: parsed from the command line or environment, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Self(s.trim().to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the TLS certificate chain and key are (both PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +235,8 @@ pub struct ServeConfig {
     pub webhooks: crate::webhooks::WebhookSettings,
     pub cors_origins: Vec<String>,
     pub limits: crate::limits::Limits,
+    pub metrics_token: Option<Secret>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServeConfig {
@@ -223,6 +262,14 @@ impl ServeConfig {
                 runner_idle_timeout: Duration::from_secs(serve.runner_idle_timeout_s),
                 sse_max_per_ticket: serve.sse_max_per_ticket,
             },
+            metrics_token: serve.metrics_token.clone(),
+            tls: match (&serve.tls_cert, &serve.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -242,6 +289,8 @@ impl ServeConfig {
             },
             cors_origins: Vec::new(),
             limits: crate::limits::Limits::default(),
+            metrics_token: None,
+            tls: None,
         }
     }
 }

@@ -193,10 +193,11 @@ pub struct Dispatcher {
     /// Flips to true when the server stops: lease and timeout timers then do nothing, so a
     /// stopping server never requeues or fails what the next process will handle.
     stopped: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, leases: Leases) -> Arc<Self> {
+    pub fn new(store: Store, metrics: Arc<crate::metrics::Metrics>, leases: Leases) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
         let d = Arc::new(Self {
             state: Mutex::default(),
@@ -204,6 +205,7 @@ impl Dispatcher {
             changes,
             leases,
             stopped: tokio::sync::watch::channel(false).0,
+            metrics,
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -745,7 +747,11 @@ impl Dispatcher {
                             params: (*t.params).clone(),
                         };
                         self.arm_timeout(&t.task_id, attempt, t.timeout_s);
-                        if !self.push(runner_id, a) {
+                        let pushed = self.push(runner_id, a);
+                        if pushed && attempt == 1 {
+                            self.metrics.observe_dispatch_of_queued(&t.task_id);
+                        }
+                        if !pushed {
                             // The runner went away between pick and push; its unregister
                             // requeues what it held, but this task was not yet in the store
                             // as assigned when that ran, so requeue it here.

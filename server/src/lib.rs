@@ -11,8 +11,10 @@ pub mod dispatcher;
 pub mod events;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod socket;
 pub mod store;
+pub mod tls;
 pub mod webhooks;
 
 use std::future::Future;
@@ -21,7 +23,6 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, Method};
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -36,6 +37,8 @@ pub struct Settings {
     pub max_artifact_bytes: u64,
     pub webhooks: webhooks::WebhookSettings,
     pub limits: limits::Limits,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<config::Secret>,
 }
 
 /// Everything a handler can reach.
@@ -51,6 +54,7 @@ pub struct Shared {
     pub runner_conns: limits::ConnectionCounter,
     /// Open SSE streams per ticket.
     pub sse_conns: limits::ConnectionCounter,
+    pub metrics: Arc<metrics::Metrics>,
     /// Flips to `true` when the server is shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
@@ -67,6 +71,8 @@ pub enum ServerError {
     Auth(#[from] auth::AuthError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// Opens the store (applying migrations) and rebuilds the dispatcher from it: the queue, and
@@ -80,8 +86,10 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     let blob_dir = config.data_dir.join("blobs");
     let blobs = blobs::FsBlobStore::new(&blob_dir)
         .map_err(|e| ServerError::Io(format!("creating {}", blob_dir.display()), e))?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
     let dispatcher = Dispatcher::new(
         store.clone(),
+        metrics.clone(),
         dispatcher::Leases {
             grace: config.runner_grace,
             max_attempts: config.max_attempts,
@@ -94,7 +102,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         grace_s = config.runner_grace.as_secs_f64(),
         "store open; runners holding in-flight tasks have their grace period to resume them"
     );
-    webhooks::spawn_worker(store.clone(), config.webhooks);
+    webhooks::spawn_worker(store.clone(), config.webhooks, metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),
@@ -108,9 +116,11 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
             max_artifact_bytes: config.max_artifact_bytes,
             webhooks: config.webhooks,
             limits: config.limits,
+            metrics_token: config.metrics_token.clone(),
         },
         runner_conns: limits::ConnectionCounter::new(config.limits.runner_max_connections),
         sse_conns: limits::ConnectionCounter::new(config.limits.sse_max_per_ticket),
+        metrics,
         shutdown,
         shutdown_tx,
         cors_origins: config.cors_origins.clone(),
@@ -148,12 +158,17 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then closes runner sockets and SSE
-/// streams and waits (up to 5 s) for in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
+/// streams and waits (up to 5 s) for in-flight requests. `listener` is a `TcpListener`, or a
+/// [`tls::TlsListener`] wrapping one for HTTPS.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let tx = state.shutdown_tx.clone();
     let mut done = state.shutdown.clone();
     let dispatcher = state.dispatcher.clone();

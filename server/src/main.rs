@@ -51,12 +51,27 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match &cli.command {
         None | Some(Command::Serve) => {
             let config = ServeConfig::from_args(&cli.store, &cli.serve);
+            // Unusable certificate files fail here, before the store is opened.
+            let tls = match &config.tls {
+                Some(files) => Some(dap_server::tls::server_config(&files.cert, &files.key)?),
+                None => None,
+            };
             let state = build_state(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, "dap-server listening");
-            serve(listener, state, shutdown_signal()).await?;
+            let addr = listener.local_addr()?;
+            match tls {
+                Some(tls) => {
+                    let listener = dap_server::tls::TlsListener::new(listener, tls)?;
+                    tracing::info!(%addr, "dap-server listening (HTTPS, runners use wss://)");
+                    serve(listener, state, shutdown_signal()).await?;
+                }
+                None => {
+                    tracing::info!(%addr, "dap-server listening");
+                    serve(listener, state, shutdown_signal()).await?;
+                }
+            }
             tracing::info!("dap-server stopped");
             Ok(())
         }

@@ -96,6 +96,10 @@ fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
+#[utoipa::path(get, path = "/api/v1/runners/connect", tag = "runners", security(("runner_jwt" = [])),
+    description = "The runner WebSocket (HTTP/1.1 upgrade). Messages are the JSON of `dap-protocol`; close codes 4001 revoked, 4002 protocol, 4004 replaced.",
+    responses((status = 101, description = "Switching protocols"), (status = 401, body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Browser request (Origin header)", body = crate::http::openapi::ErrorBody)))]
 pub async fn connect(
     State(s): State<AppState>,
     RunnerAuth(runner_id): RunnerAuth,

@@ -15,6 +15,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use crate::metrics::Metrics;
 use crate::store::webhooks::{Attempt, AttemptOutcome, Delivery, Webhook};
 use crate::store::{now_ms, Store};
 
@@ -153,7 +154,7 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<reqwest::Url, Stri
 }
 
 /// Starts the delivery worker; it runs until the process ends.
-pub fn spawn_worker(store: Store, settings: WebhookSettings) {
+pub fn spawn_worker(store: Store, settings: WebhookSettings, metrics: Arc<Metrics>) {
     let mut builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
@@ -179,8 +180,11 @@ pub fn spawn_worker(store: Store, settings: WebhookSettings) {
                         while set.len() >= CONCURRENCY {
                             set.join_next().await;
                         }
-                        let (store, client) = (store.clone(), client.clone());
-                        set.spawn(async move { deliver(&store, &client, settings, d, w).await });
+                        let (store, client, metrics) =
+                            (store.clone(), client.clone(), metrics.clone());
+                        set.spawn(async move {
+                            deliver(&store, &client, settings, &metrics, d, w).await
+                        });
                     }
                     while set.join_next().await.is_some() {}
                     continue;
@@ -255,6 +259,7 @@ async fn deliver(
     store: &Store,
     client: &reqwest::Client,
     settings: WebhookSettings,
+    metrics: &Metrics,
     d: Delivery,
     w: Webhook,
 ) {
@@ -324,6 +329,11 @@ async fn deliver(
         latency_ms,
         error: error.clone(),
     };
+    match outcome {
+        AttemptOutcome::Delivered => {}
+        AttemptOutcome::RetryAt(_) => metrics.webhook_failed(false),
+        AttemptOutcome::Failed => metrics.webhook_failed(true),
+    }
     if let Err(e) = store.record_delivery_attempt(&d, &attempt, outcome).await {
         tracing::error!(error = %e, "recording a webhook attempt failed");
     }

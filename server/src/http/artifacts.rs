@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{bearer_header, ApiQuery, Caller};
+use super::openapi::ErrorBody;
 use super::ts;
 use crate::auth::{AuthError, TokenKind};
 use crate::blobs::BlobError;
@@ -79,12 +80,19 @@ pub async fn artifacts_json(s: &AppState, task_id: &str) -> Result<Vec<Value>, A
         .collect())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
     attempt: u32,
 }
 
+#[utoipa::path(put, path = "/api/v1/tasks/{id}/artifacts/{name}", tag = "artifacts", security(("runner_jwt" = [])), params(("id" = String, Path, description = "Task id"), ("name" = String, Path, description = "Artifact file name"), UploadQuery,
+        ("x-dap-sha256" = String, Header, description = "Hex SHA-256 of the body")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`stale_attempt`", body = ErrorBody), (status = 413, description = "Over `--max-artifact-bytes`", body = ErrorBody),
+        (status = 422, description = "`checksum_mismatch`", body = ErrorBody)))]
 async fn upload(
     State(s): State<AppState>,
     RunnerAuth(runner_id): RunnerAuth,
@@ -182,6 +190,8 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(artifact_json(&artifact))))
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/artifacts", tag = "artifacts", security(("api_key" = [])), params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "`{artifacts: [{name, size, sha256, content_type, attempt, url}]}`", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
     caller: Caller,
@@ -198,12 +208,15 @@ async fn list(
     Ok(Json(json!({ "task_id": task_id, "artifacts": items })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DownloadQuery {
     token: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/artifacts/{name}", tag = "artifacts", security(("api_key" = []), ()), params(("id" = String, Path, description = "Task id"), ("name" = String, Path, description = "Artifact file name"), DownloadQuery),
+    responses((status = 200, description = "The file, streamed; `x-dap-sha256` header", content_type = "application/octet-stream"), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn download(
     State(s): State<AppState>,
     Path((task_id, name)): Path<(String, String)>,
@@ -252,12 +265,15 @@ async fn download(
     Ok(resp)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SignedUrlQuery {
     ttl_s: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/artifacts/{name}/signed-url", tag = "artifacts", security(("api_key" = [])), params(("id" = String, Path, description = "Task id"), ("name" = String, Path, description = "Artifact file name"), SignedUrlQuery),
+    responses((status = 200, description = "`{url, expires_in}`", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn signed_url(
     State(s): State<AppState>,
     caller: Caller,

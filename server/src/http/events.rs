@@ -22,6 +22,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::error::ApiError;
 use super::extract::{bearer, ApiQuery, Caller};
+use super::openapi::ErrorBody;
 use crate::auth::jwt::SSE_TICKET_TTL_S;
 use crate::auth::{AuthError, TokenKind};
 use crate::limits::ConnectionGuard;
@@ -38,13 +39,15 @@ pub fn router() -> Router<AppState> {
 const REPLAY_PAGE: u32 = 1000;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TicketRequest {
     #[serde(default)]
     task_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/sse-tickets", tag = "events", security(("api_key" = [])), request_body = TicketRequest,
+    responses((status = 200, description = "`{ticket, expires_in}` (≤ 60 s, read-only)", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn ticket(
     State(s): State<AppState>,
     caller: Caller,
@@ -72,8 +75,9 @@ async fn ticket(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     ticket: Option<String>,
     task_id: Option<String>,
@@ -113,10 +117,19 @@ async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedA
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("api_key" = []), ("sse_ticket" = [])), params(EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "Server-sent events: `task.*` and `runner.*`", content_type = "text/event-stream"), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn events(
     State(s): State<AppState>,
     req: axum::extract::Request,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<
+    (
+        [(&'static str, &'static str); 1],
+        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
+    ),
+    ApiError,
+> {
     let (mut parts, _) = req.into_parts();
     let ApiQuery(q) = ApiQuery::<EventsQuery>::from_request_parts(&mut parts, &s).await?;
     let access = authorize(&s, &parts, &q).await?;
@@ -176,7 +189,11 @@ async fn events(
         let e = f.next().await?;
         Some((Ok(to_sse(&e)), f))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+    // Tells nginx (and proxies that honour it) not to buffer the stream.
+    Ok((
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")),
+    ))
 }
 
 fn to_sse(e: &Event) -> SseEvent {

@@ -6,6 +6,8 @@ pub mod artifacts;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod metrics;
+pub mod openapi;
 pub mod runners;
 pub mod tasks;
 pub mod webhooks;
@@ -22,6 +24,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
+        .route("/api/v1/openapi.json", get(openapi::spec))
         .merge(tasks::router())
         .merge(runners::router())
         .merge(events::router())
@@ -31,6 +35,8 @@ pub fn router() -> Router<AppState> {
         .fallback(not_found)
 }
 
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "Name, version, API base and protocol version", body = serde_json::Value)))]
 async fn root() -> Json<Value> {
     Json(json!({
         "name": "dap-server",
@@ -41,6 +47,9 @@ async fn root() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{status, runners_connected, queue_depth, sse_subscribers}`", body = serde_json::Value),
+        (status = 500, description = "The database does not answer", body = openapi::ErrorBody)))]
 async fn healthz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     s.store.ping().await?;
     Ok(Json(json!({

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{bearer, ApiJson, Caller};
+use super::openapi::ErrorBody;
 use super::ts;
 use crate::auth::jwt::RUNNER_TOKEN_TTL_S;
 use crate::auth::secrets::{self, RUNNER_TOKEN_PREFIX};
@@ -31,7 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/datasets", get(datasets))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Enrol {
     name: String,
@@ -56,6 +57,8 @@ pub async fn enrol_runner(
     Ok((id, token))
 }
 
+#[utoipa::path(post, path = "/api/v1/runners", tag = "runners", security(("api_key" = [])), request_body = Enrol,
+    responses((status = 201, description = "`{runner_id, token}`: the credential, shown once", body = serde_json::Value), (status = 422, body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn enrol(
     State(s): State<AppState>,
     caller: Caller,
@@ -117,6 +120,8 @@ fn runner_json(s: &AppState, r: &Runner) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/runners", tag = "runners", security(("api_key" = [])),
+    responses((status = 200, description = "`{runners: [...]}` with live state", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let runners = s.store.list_runners().await?;
@@ -134,6 +139,8 @@ async fn load(s: &AppState, id: &str) -> Result<Runner, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/runners/{id}", tag = "runners", security(("api_key" = [])), params(("id" = String, Path, description = "Runner id")),
+    responses((status = 200, body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, description = "`runner_not_found`", body = ErrorBody)))]
 async fn get_one(
     State(s): State<AppState>,
     caller: Caller,
@@ -144,6 +151,8 @@ async fn get_one(
     Ok(Json(runner_json(&s, &r)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/runners/{id}", tag = "runners", security(("api_key" = [])), params(("id" = String, Path, description = "Runner id")),
+    responses((status = 200, description = "Revoked; its socket is closed with 4001", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
@@ -178,6 +187,8 @@ pub async fn verify_runner_credential(s: &AppState, parts: &Parts) -> Result<Str
     Ok(r.id)
 }
 
+#[utoipa::path(post, path = "/api/v1/runners/token", tag = "runners", security(("runner_credential" = [])),
+    responses((status = 200, description = "`{token, expires_in}`: a socket JWT", body = serde_json::Value), (status = 401, body = ErrorBody)))]
 async fn token(
     State(s): State<AppState>,
     req: axum::extract::Request,
@@ -197,6 +208,8 @@ async fn token(
 
 /// Datasets advertised by runners (connected ones first-hand, offline ones from their last
 /// greeting), merged by name.
+#[utoipa::path(get, path = "/api/v1/datasets", tag = "runners", security(("api_key" = [])),
+    responses((status = 200, description = "Datasets connected runners advertise", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn datasets(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let mut by_name: BTreeMap<String, (DatasetInfo, Vec<Value>)> = BTreeMap::new();

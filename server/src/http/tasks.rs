@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller};
+use super::openapi::{ErrorBody, TaskCreated, TaskList, TaskView};
 use super::ts;
 use crate::dispatcher::{dataset_of, QueuedTask, Refusal};
 use crate::store::{CancelOutcome, NewTask, Outcome, Scope, Task, TaskFilter, TaskStatus, WriteOp};
@@ -55,10 +56,12 @@ pub fn task_json(t: &Task) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTask {
     operation_code: i64,
+    /// The operation's params: `dataset` (a declared dataset's name) or `input: {task_id}` (a
+    /// completed task's output, kept on its runner; the task is then pinned to that runner).
     #[serde(default)]
     params: Option<Value>,
     #[serde(default)]
@@ -286,11 +289,19 @@ async fn input_runner(
     Ok(runner)
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("api_key" = [])),
+    request_body = CreateTask,
+    responses((status = 201, description = "Committed, then pushed to a runner or queued", body = TaskCreated),
+        (status = 400, description = "`invalid_json`", body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
+        (status = 404, description = "`runner_not_found`", body = ErrorBody),
+        (status = 409, description = "`runner_busy`, `runner_offline`, `input_not_ready`", body = ErrorBody),
+        (status = 422, description = "`unknown_operation`, `missing_dataset`, `path_not_allowed`, `invalid_params`, `unsupported_operation`, `unknown_dataset`, `unknown_input`, `input_on_other_runner`", body = ErrorBody)))]
 async fn create(
     State(s): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = std::time::Instant::now();
     caller.require(Scope::Write)?;
     let Validated {
         code,
@@ -401,6 +412,7 @@ async fn create(
                     .await;
                 TaskStatus::Queued
             } else {
+                s.metrics.observe_dispatch(started.elapsed());
                 TaskStatus::Assigned
             }
         }
@@ -415,8 +427,9 @@ async fn create(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     status: Option<String>,
     runner_id: Option<String>,
@@ -424,6 +437,8 @@ struct ListQuery {
     offset: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", security(("api_key" = [])), params(ListQuery),
+    responses((status = 200, description = "Newest first", body = TaskList), (status = 400, body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
     caller: Caller,
@@ -468,6 +483,8 @@ async fn load(s: &AppState, id: &str) -> Result<Task, ApiError> {
         .ok_or_else(|| ApiError::not_found("task_not_found", format!("no task {id}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("api_key" = [])), params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, body = TaskView), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, description = "`task_not_found`", body = ErrorBody)))]
 async fn get_one(
     State(s): State<AppState>,
     caller: Caller,
@@ -477,6 +494,9 @@ async fn get_one(
     Ok(Json(task_json(&load(&s, &id).await?)))
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/result", tag = "tasks", security(("api_key" = [])), params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "`{result_data, artifacts}`", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`result_not_ready`, `task_failed`", body = ErrorBody)))]
 async fn result(
     State(s): State<AppState>,
     caller: Caller,
@@ -512,6 +532,8 @@ async fn result(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/events", tag = "tasks", security(("api_key" = [])), params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "The task's stored events, oldest first", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn history(
     State(s): State<AppState>,
     caller: Caller,
@@ -533,6 +555,9 @@ async fn history(
     Ok(Json(json!({ "task_id": id, "events": events })))
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("api_key" = [])), params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "Cancelled; the runner is told to stop", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`task_finished`", body = ErrorBody)))]
 async fn cancel(
     State(s): State<AppState>,
     caller: Caller,
@@ -572,6 +597,9 @@ async fn cancel(
 /// `POST /api/v1/tasks/{id}/retry`: a failed or cancelled task runs again as a **new** task (same
 /// operation, params, target, timeout and max_attempts; `retried_from` links it back). The new
 /// task is placed like a create with `"queue": true`: a busy or offline target queues it.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("api_key" = [])), params(("id" = String, Path, description = "Task id of a failed or cancelled task")),
+    responses((status = 201, description = "A new task `{task_id, status, runner_id, retried_from}` with the same operation, params and target", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`task_not_retryable` (not failed or cancelled), `runner_busy`, `runner_offline`", body = ErrorBody)))]
 async fn retry(
     State(s): State<AppState>,
     caller: Caller,

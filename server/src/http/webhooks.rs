@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::ErrorBody;
 use super::ts;
 use crate::store::webhooks::Webhook;
 use crate::store::{now_ms, Scope, WEBHOOK_EVENT_TYPES};
@@ -69,7 +70,7 @@ fn validate_url(s: &AppState, url: &str) -> Result<(), ApiError> {
         .map_err(|m| ApiError::unprocessable("target_not_allowed", m))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateHook {
     url: String,
@@ -88,6 +89,9 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", security(("api_key" = [])), request_body = CreateHook,
+    responses((status = 201, description = "The subscription with its signing `secret` (shown once)", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `target_not_allowed`", body = ErrorBody)))]
 async fn create(
     State(s): State<AppState>,
     caller: Caller,
@@ -123,6 +127,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", security(("api_key" = [])),
+    responses((status = 200, body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody)))]
 async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let hooks: Vec<Value> = s
@@ -142,6 +148,8 @@ async fn load(s: &AppState, id: &str) -> Result<Webhook, ApiError> {
         .ok_or_else(|| ApiError::not_found("webhook_not_found", format!("no webhook {id}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("api_key" = [])), params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 200, body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_one(
     State(s): State<AppState>,
     caller: Caller,
@@ -151,7 +159,7 @@ async fn get_one(
     Ok(Json(hook_json(&load(&s, &id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateHook {
     url: Option<String>,
@@ -159,6 +167,8 @@ struct UpdateHook {
     enabled: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("api_key" = [])), params(("id" = String, Path, description = "Webhook id")), request_body = UpdateHook,
+    responses((status = 200, body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update(
     State(s): State<AppState>,
     caller: Caller,
@@ -185,6 +195,8 @@ async fn update(
     Ok(Json(hook_json(&load(&s, &id).await?)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("api_key" = [])), params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn remove(
     State(s): State<AppState>,
     caller: Caller,
@@ -200,12 +212,15 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("api_key" = [])), params(("id" = String, Path, description = "Webhook id"), DeliveriesQuery),
+    responses((status = 200, description = "Delivery log with each attempt", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn deliveries(
     State(s): State<AppState>,
     caller: Caller,
@@ -249,6 +264,9 @@ async fn deliveries(
     Ok(Json(json!({ "webhook_id": id, "deliveries": items })))
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = String, Path, description = "Webhook id"), ("delivery_id" = i64, Path, description = "Delivery id")),
+    responses((status = 202, description = "Queued to be sent again now", body = serde_json::Value), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn redeliver(
     State(s): State<AppState>,
     caller: Caller,

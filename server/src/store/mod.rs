@@ -229,6 +229,16 @@ impl Store {
         Ok((tasks, total as u64))
     }
 
+    /// Number of tasks in each status (statuses with none are absent). One pass over the
+    /// `tasks_by_status` index; the metrics endpoint calls it once per scrape.
+    pub async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Queued tasks in creation order (to rebuild the dispatcher's queue at start-up).
     pub async fn queued_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(&format!(

@@ -11,5 +11,8 @@ mod dispatch;
 mod flow;
 mod leases;
 mod limits;
+mod metrics;
+mod openapi;
 mod timeouts;
+mod tls;
 mod webhooks;
