@@ -8,6 +8,7 @@ mod auth;
 mod concurrency;
 mod crash;
 mod dispatch;
+mod faults;
 mod flow;
 mod leases;
 mod limits;
