@@ -61,7 +61,9 @@ async fn start_server() -> Bench {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let st = state.clone();
-    tokio::spawn(async move { serve(listener, st, std::future::pending()).await });
+    tokio::spawn(
+        async move { serve(dap_server::no_delay(listener), st, std::future::pending()).await },
+    );
     let (_, key) = auth::api_keys::create_api_key(&state.store, "bench", Scope::Admin)
         .await
         .expect("key");
@@ -146,7 +148,9 @@ async fn spawn_runner(
         "authorization",
         format!("Bearer {jwt}").parse().expect("header"),
     );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+        .await
+        .expect("ws");
     let (mut tx, mut rx) = ws.split();
     let hello = RunnerMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,

@@ -349,9 +349,10 @@ async fn open_socket(
     value.set_sensitive(true);
     request.headers_mut().insert(AUTHORIZATION, value);
 
-    // Our connector (not tokio-tungstenite's default) so `--ca-cert` applies to wss:// too.
+    // Our connector (not tokio-tungstenite's default) so `--ca-cert` applies to wss:// too;
+    // Nagle off: a progress and the completion right after it must not wait for a delayed ACK.
     let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
     match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
         Err(_) => Err(DialError::Socket(format!(
             "no handshake within {}s",

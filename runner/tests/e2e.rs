@@ -40,7 +40,7 @@ async fn start_server(dir: &Path, addr: Option<std::net::SocketAddr>) -> Server 
     let (stop, stopped) = oneshot::channel::<()>();
     let st = state.clone();
     let join = tokio::spawn(async move {
-        serve(listener, st, async {
+        serve(dap_server::no_delay(listener), st, async {
             let _ = stopped.await;
         })
         .await

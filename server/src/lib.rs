@@ -157,6 +157,18 @@ pub fn app(state: AppState) -> Router {
     router.with_state(state)
 }
 
+/// `listener` with Nagle's algorithm off on every accepted connection. The runner socket sends
+/// small messages back to back (an `ack`, then the next `assign`); with Nagle on, the second
+/// waits for the peer's delayed ACK, ~40 ms. [`tls::TlsListener`] does the same itself.
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then closes runner sockets and SSE
 /// streams and waits (up to 5 s) for in-flight requests. `listener` is a `TcpListener`, or a
 /// [`tls::TlsListener`] wrapping one for HTTPS.

@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 None => {
                     tracing::info!(%addr, "dap-server listening");
-                    serve(listener, state, shutdown_signal()).await?;
+                    serve(dap_server::no_delay(listener), state, shutdown_signal()).await?;
                 }
             }
             tracing::info!("dap-server stopped");

@@ -63,7 +63,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let st = state.clone();
         let task = tokio::spawn(async move {
-            serve(listener, st, async {
+            serve(dap_server::no_delay(listener), st, async {
                 let _ = stopped.await;
             })
             .await

@@ -258,3 +258,29 @@ async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
     );
     assert_eq!(srv.state.dispatcher.queue_depth(), 0);
 }
+
+/// Regression: the server sends an `ack` and then the next `assign` back to back. With Nagle's
+/// algorithm on the server's sockets the second waited for the runner's delayed ACK (~40 ms per
+/// task); connections are now `TCP_NODELAY`. The median over 20 tasks stays far below 40 ms.
+#[tokio::test]
+async fn an_assignment_right_after_an_ack_is_not_held_back_by_nagle() {
+    let srv = TestServer::start().await;
+    let (_, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let mut waits = Vec::new();
+    for _ in 0..20 {
+        let t0 = std::time::Instant::now();
+        let (st, v) = srv.create_task(json!({"operation_code": 1})).await;
+        assert_eq!(st, 201, "{v}");
+        let a = runner.next_assignment(5).await;
+        waits.push(t0.elapsed());
+        runner.complete(&a, json!({"noop": true})).await;
+        runner.wait_ack(&a.task_id, a.attempt, 5).await;
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < Duration::from_millis(25),
+        "median {median:?}: {waits:?}"
+    );
+}
