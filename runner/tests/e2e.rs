@@ -620,31 +620,15 @@ async fn export_html_report_end_to_end() {
 #[tokio::test]
 async fn linear_regression_end_to_end_recovers_the_generating_line() {
     let rig = rig("model").await;
-    let (srv, key) = (&rig.srv, rig.key.clone());
 
     // `write_csv` makes score = 3·id + 0.5 exactly, so the fit must recover it.
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(json!({
+    let (_, res) = rig
+        .run_ok(json!({
             "operation_code": 300,
             "params": {"dataset": "people", "model": "linear_regression",
                        "features": ["id"], "target": "score", "test_fraction": 0.2, "seed": 7}
-        })),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
-    let done = wait_status(srv, &key, &id, &["completed", "failed"], 60).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    let (_, res) = call(
-        reqwest::Method::GET,
-        srv.url(&format!("/api/v1/tasks/{id}/result")),
-        &key,
-        None,
-    )
-    .await;
+        }))
+        .await;
     let rd = &res["result_data"];
     assert_eq!(
         rd["n_train"].as_u64().unwrap() + rd["n_test"].as_u64().unwrap(),
