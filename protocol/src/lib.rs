@@ -193,6 +193,17 @@ pub struct Failed {
     pub error: TaskError,
 }
 
+/// The runner gives an attempt back unfinished (it is stopping): the server requeues the task
+/// at once instead of waiting out the runner's grace period. Like a result it is acknowledged
+/// with [`ServerMessage::Ack`], and it fences the attempt: nothing more of it is accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandBack {
+    pub task_id: String,
+    pub attempt: u32,
+    /// Why, for logs and the task's event history (e.g. "runner stopping").
+    pub reason: String,
+}
+
 /// Runner → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -201,6 +212,10 @@ pub enum RunnerMessage {
     Progress(Progress),
     Completed(Completed),
     Failed(Failed),
+    /// The runner is stopping: assign it nothing more. It finishes (or hands back) what it
+    /// holds, then closes the socket. Sent again after a reconnect while still draining.
+    Draining,
+    HandBack(HandBack),
 }
 
 /// A task pushed to a runner.
@@ -227,7 +242,7 @@ pub enum ServerMessage {
     Assign(Assignment),
     /// Stop this task; answer with a `failed` message whose code is `cancelled`.
     Cancel { task_id: String, attempt: u32 },
-    /// The server is done with this attempt's `completed`/`failed`: it is committed, or was
+    /// The server is done with this attempt's `completed`/`failed`/`hand_back`: it is committed, or was
     /// refused for good (a superseded attempt, a duplicate). The runner may forget it (and
     /// delete it from its on-disk outbox); until then it resends it after every reconnect.
     Ack { task_id: String, attempt: u32 },
@@ -271,6 +286,19 @@ mod tests {
         });
         let back: ServerMessage = serde_json::from_str(&a.to_json()).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn draining_and_hand_back_are_tagged_json() {
+        assert_eq!(RunnerMessage::Draining.to_json(), r#"{"type":"draining"}"#);
+        let h = RunnerMessage::HandBack(HandBack {
+            task_id: "t".into(),
+            attempt: 3,
+            reason: "runner stopping".into(),
+        });
+        let s = h.to_json();
+        assert!(s.starts_with(r#"{"type":"hand_back""#), "{s}");
+        assert_eq!(serde_json::from_str::<RunnerMessage>(&s).unwrap(), h);
     }
 
     #[test]

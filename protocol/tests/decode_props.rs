@@ -180,6 +180,14 @@ fn runner_message() -> impl Strategy<Value = RunnerMessage> {
                 error,
             })
         }),
+        Just(RunnerMessage::Draining),
+        (text(), any::<u32>(), text()).prop_map(|(task_id, attempt, reason)| {
+            RunnerMessage::HandBack(HandBack {
+                task_id,
+                attempt,
+                reason,
+            })
+        }),
     ]
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::catalog::validate_dataset_name;
 use crate::connection::Endpoints;
-use crate::{DatasetFormat, DatasetSpec, RunnerConfig, MAX_SLOTS};
+use crate::{DatasetFormat, DatasetSpec, RunnerConfig, StopMode, MAX_SLOTS};
 
 /// Command line of `dap-runner`. Every flag can also come from the environment.
 #[derive(Debug, Parser)]
@@ -76,6 +76,22 @@ pub struct Cli {
     #[arg(long, env = "DAP_RUNNER_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
 
+    /// On Ctrl-C / SIGTERM: `finish` the running tasks (up to --drain-timeout) or `hand-back`
+    /// them to the server at once; either way no new task is taken, and a second signal hands
+    /// back whatever is still running [default: finish].
+    #[arg(long, env = "DAP_RUNNER_ON_STOP", value_name = "MODE", value_enum)]
+    pub on_stop: Option<StopMode>,
+
+    /// With --on-stop finish: seconds to wait for running tasks before handing back the rest
+    /// [default: 300].
+    #[arg(long, env = "DAP_RUNNER_DRAIN_TIMEOUT", value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+
+    /// Longest wait between reconnect attempts, in milliseconds (the delay starts at 250 ms
+    /// and doubles, with jitter; while the runner holds work it is at most 5 s) [default: 30000].
+    #[arg(long, env = "DAP_RUNNER_RECONNECT_MAX_DELAY_MS", value_name = "MS")]
+    pub reconnect_max_delay_ms: Option<u64>,
+
     /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(long, env = "DAP_RUNNER_NO_PROGRESS")]
     pub no_progress: bool,
@@ -92,6 +108,9 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub keep_outputs_bytes: Option<u64>,
     pub ca_cert: Option<PathBuf>,
+    pub on_stop: Option<StopMode>,
+    pub drain_timeout: Option<u64>,
+    pub reconnect_max_delay_ms: Option<u64>,
     #[serde(default)]
     pub datasets: toml::Table,
 }
@@ -215,6 +234,18 @@ pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig
         ca_cert: cli
             .ca_cert
             .or_else(|| file.ca_cert.map(|p| file_dir.join(p))),
+        on_stop: cli.on_stop.or(file.on_stop).unwrap_or_default(),
+        drain_timeout: cli
+            .drain_timeout
+            .or(file.drain_timeout)
+            .map_or(crate::DEFAULT_DRAIN_TIMEOUT, std::time::Duration::from_secs),
+        reconnect_max_delay: cli
+            .reconnect_max_delay_ms
+            .or(file.reconnect_max_delay_ms)
+            .map_or(
+                crate::connection::BACKOFF_CAP,
+                std::time::Duration::from_millis,
+            ),
     };
     validate(&config)?;
     Ok(config)
@@ -286,6 +317,13 @@ pub fn infer_format(path: &Path) -> Result<DatasetFormat, String> {
     }
 }
 
+/// Longest accepted `--drain-timeout`: a guard against typos, not a tuning knob.
+const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Accepted range of `--reconnect-max-delay-ms`: not a hot loop, not gone for hours.
+const MIN_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Check a configuration however it was built (also called by [`crate::run`], so in-process
 /// callers get the same checks as the command line).
 pub fn validate(config: &RunnerConfig) -> Result<(), ConfigError> {
@@ -300,6 +338,22 @@ pub fn validate(config: &RunnerConfig) -> Result<(), ConfigError> {
         return Err(invalid(format!(
             "slots must be between 1 and {MAX_SLOTS}, got {}",
             config.slots
+        )));
+    }
+    if config.drain_timeout > MAX_DRAIN_TIMEOUT {
+        return Err(invalid(format!(
+            "the drain timeout must be at most {} s (one day), got {} s",
+            MAX_DRAIN_TIMEOUT.as_secs(),
+            config.drain_timeout.as_secs()
+        )));
+    }
+    let delay = config.reconnect_max_delay;
+    if delay < MIN_RECONNECT_DELAY || delay > MAX_RECONNECT_DELAY {
+        return Err(invalid(format!(
+            "the reconnect max delay must be between {} ms and {} ms, got {} ms",
+            MIN_RECONNECT_DELAY.as_millis(),
+            MAX_RECONNECT_DELAY.as_millis(),
+            delay.as_millis()
         )));
     }
     let name = config.name.trim();

@@ -7,7 +7,6 @@
 //! (4002). It does not run tasks (that is [`crate::executor`], which keeps going while the link is
 //! down) and never logs the runner token or the JWT.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +27,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::catalog::Catalog;
 use crate::executor::Executor;
 use crate::outbox::Outbox;
+use crate::stopping::Stopping;
 use crate::{operations, RunnerConfig, RunnerError};
 
 /// First reconnect delay ceiling.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
-/// Largest reconnect delay.
+/// Largest reconnect delay by default (`--reconnect-max-delay-ms`).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Largest reconnect delay while the runner holds work (a running task or a result the server
+/// has not acknowledged): well inside the server's grace period (30 s by default), so the
+/// runner comes back in time to resume it instead of having it requeued and run twice.
+pub const HOLDING_WORK_CAP: Duration = Duration::from_secs(5);
 /// A connection that lasted this long was healthy: the next failure starts backing off afresh.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Timeout for the token exchange and for the WebSocket handshake.
@@ -135,7 +139,12 @@ impl Backoff {
 
     /// The next delay (and one step further up the ladder).
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling();
+        self.next_delay_within(rng, self.cap)
+    }
+
+    /// [`Backoff::next_delay`], at most `limit` (for a runner that must not stay away long).
+    pub fn next_delay_within(&mut self, rng: &mut impl Rng, limit: Duration) -> Duration {
+        let ceiling = self.ceiling().min(limit);
         self.attempt = self.attempt.saturating_add(1);
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rng.gen_range(0..=ms))
@@ -218,14 +227,15 @@ struct SocketToken {
     expires_in: Option<u64>,
 }
 
-/// Connect, serve and reconnect until `shutdown` completes or the server refuses us for good.
+/// Connect, serve and reconnect until stopping is complete (see [`Stopping`]) or the server
+/// refuses us for good.
 pub async fn run(
     config: &RunnerConfig,
     trust: &crate::tls::Trust,
     catalog: &Catalog,
     executor: &Executor,
     outbox: &Arc<Outbox>,
-    shutdown: impl Future<Output = ()> + Send,
+    stopping: Stopping,
 ) -> Result<(), RunnerError> {
     let endpoints = Endpoints::from_server(&config.server).map_err(RunnerError::Config)?;
     let http = trust
@@ -243,8 +253,8 @@ pub async fn run(
         executor,
         outbox,
     };
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    let mut stopping = stopping;
+    let mut backoff = Backoff::new(BACKOFF_BASE, config.reconnect_max_delay);
 
     loop {
         let dial = async {
@@ -252,7 +262,7 @@ pub async fn run(
             open_socket(&endpoints, &jwt, connector.clone()).await
         };
         let dialled = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = stopping.done(executor, outbox, false) => return Ok(()),
             r = dial => r,
         };
         let problem = match dialled {
@@ -260,7 +270,7 @@ pub async fn run(
             Err(e) => e.to_string(),
             Ok(socket) => {
                 let began = Instant::now();
-                match link.session(socket, &mut shutdown).await {
+                match link.session(socket, &mut stopping).await {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Stop(reason) => return Err(reason.into_error()),
                     SessionEnd::Lost(why) => {
@@ -272,7 +282,13 @@ pub async fn run(
                 }
             }
         };
-        let delay = backoff.next_delay(&mut rand::thread_rng());
+        let holding_work = !executor.is_idle() || !outbox.unacknowledged().is_empty();
+        let limit = if holding_work {
+            HOLDING_WORK_CAP
+        } else {
+            Duration::MAX
+        };
+        let delay = backoff.next_delay_within(&mut rand::thread_rng(), limit);
         // One line per attempt: during a long outage this repeats every ≤30 s, no more.
         tracing::warn!(
             server = %config.server,
@@ -281,7 +297,7 @@ pub async fn run(
             delay.as_secs_f64()
         );
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = stopping.done(executor, outbox, false) => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -415,10 +431,7 @@ impl Link<'_> {
     }
 
     /// Steps 3–4: greet, then serve until the link ends.
-    async fn session<S>(&self, socket: Socket, shutdown: &mut S) -> SessionEnd
-    where
-        S: Future<Output = ()> + Unpin,
-    {
+    async fn session(&self, socket: Socket, stopping: &mut Stopping) -> SessionEnd {
         let (mut sink, mut stream) = socket.split();
         if let Err(e) = sink.send(Message::text(self.hello().to_json())).await {
             return SessionEnd::Lost(format!("sending hello: {e}"));
@@ -433,7 +446,7 @@ impl Link<'_> {
             }
         };
         let first = tokio::select! {
-            _ = &mut *shutdown => return SessionEnd::Shutdown,
+            _ = stopping.done(self.executor, self.outbox, false) => return SessionEnd::Shutdown,
             r = tokio::time::timeout(WELCOME_TIMEOUT, first_message) => r,
         };
         let heartbeat = match first {
@@ -467,11 +480,19 @@ impl Link<'_> {
 
         let (close_tx, close_rx) = oneshot::channel();
         let mut writer = tokio::spawn(write_loop(sink, Arc::clone(self.outbox), close_rx));
+        // A stopping runner says so on every link, so no node assigns it anything new.
+        let mut announced = false;
+        let mut watch_stop = stopping.clone();
 
         let end = loop {
+            if !announced && stopping.is_stopping() {
+                self.outbox.push(RunnerMessage::Draining);
+                announced = true;
+            }
             tokio::select! {
                 biased;
-                _ = &mut *shutdown => break SessionEnd::Shutdown,
+                _ = stopping.done(self.executor, self.outbox, true) => break SessionEnd::Shutdown,
+                _ = watch_stop.started(), if !announced => {}
                 w = &mut writer => {
                     let why = match w {
                         Ok(Err(e)) => format!("sending failed: {e}"),
@@ -657,6 +678,24 @@ mod tests {
         ] {
             assert!(Endpoints::from_server(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn backoff_within_a_limit_stays_under_it_and_keeps_climbing() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..12 {
+            assert!(b.next_delay_within(&mut rng, HOLDING_WORK_CAP) <= HOLDING_WORK_CAP);
+        }
+        assert_eq!(
+            b.ceiling(),
+            Duration::from_secs(30),
+            "the ladder still climbed"
+        );
+        assert!(
+            HOLDING_WORK_CAP * 4 < Duration::from_secs(30),
+            "well inside the default grace"
+        );
     }
 
     #[test]

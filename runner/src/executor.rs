@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dap_protocol::{
-    failure, op, Assignment, Completed, Failed, Progress, RunnerMessage, RunningTask, TaskError,
+    failure, op, Assignment, Completed, Failed, HandBack, Progress, RunnerMessage, RunningTask,
+    TaskError,
 };
 use indicatif::{MultiProgress, ProgressBar};
 use tokio::sync::{mpsc, watch, Notify};
@@ -75,6 +76,8 @@ struct Inner {
     /// Set when the runner stops: tasks are interrupted but not reported as cancelled, so the
     /// server requeues them instead of showing a cancel nobody asked for.
     shutting_down: AtomicBool,
+    /// Set when the runner starts stopping: new assignments are handed back, not started.
+    draining: AtomicBool,
     /// Woken whenever a task ends.
     task_ended: Notify,
     bars: Option<MultiProgress>,
@@ -138,6 +141,14 @@ impl Inner {
         }));
     }
 
+    fn hand_back(&self, task_id: String, attempt: u32) {
+        self.outbox.push(RunnerMessage::HandBack(HandBack {
+            task_id,
+            attempt,
+            reason: "runner stopping".into(),
+        }));
+    }
+
     fn failed(&self, task_id: String, attempt: u32, error: TaskError) {
         self.outbox.push(RunnerMessage::Failed(Failed {
             task_id,
@@ -166,6 +177,7 @@ impl Executor {
                 running: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 task_ended: Notify::new(),
                 bars: show_bars.then(terminal::multi_progress),
             }),
@@ -178,6 +190,12 @@ impl Executor {
         if inner.shutting_down.load(Ordering::Relaxed) {
             // Not reported: the server requeues what it assigned to a runner that went away.
             tracing::warn!(task_id = %a.task_id, "assignment while shutting down; ignored");
+            return;
+        }
+        if inner.draining.load(Ordering::Relaxed) {
+            // Sent before the server heard our `draining`: give it straight back.
+            tracing::info!(task_id = %a.task_id, attempt = a.attempt, "assignment while stopping; handing it back");
+            inner.hand_back(a.task_id, a.attempt);
             return;
         }
         let key: TaskKey = (a.task_id.clone(), a.attempt);
@@ -232,6 +250,7 @@ impl Executor {
             if a.operation_code == op::NOOP {
                 // The round-trip benchmark: no thread, no progress, just the answer.
                 drop(running);
+                tracing::debug!(task_id = %a.task_id, attempt = a.attempt, operation = "noop", "task completed");
                 inner.completed(a.task_id, a.attempt, operations::noop());
                 return;
             }
@@ -290,6 +309,34 @@ impl Executor {
     /// The connection ended (tasks keep running; their messages wait in the outbox).
     pub fn disconnected(&self) {
         self.inner.link_up.send_replace(false);
+    }
+
+    /// Start stopping: assignments from now on are handed back instead of started; running
+    /// tasks go on.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop every running task and hand it back to the server (which requeues it at once);
+    /// nothing else of those attempts is reported. A task whose result is already queued is
+    /// finished, not handed back. Returns how many were handed back.
+    pub fn hand_back_all(&self) -> usize {
+        self.drain();
+        let taken: Vec<(TaskKey, RunningEntry)> = self.inner.running().drain().collect();
+        for ((task_id, attempt), entry) in &taken {
+            entry.cancel.store(true, Ordering::Relaxed);
+            tracing::info!(%task_id, attempt, "handing back");
+            self.inner.hand_back(task_id.clone(), *attempt);
+        }
+        if !taken.is_empty() {
+            self.inner.task_ended.notify_waiters();
+        }
+        taken.len()
+    }
+
+    /// True when no task is running.
+    pub fn is_idle(&self) -> bool {
+        self.inner.running().is_empty()
     }
 
     /// Stop accepting tasks and interrupt the running ones without reporting them.
@@ -416,9 +463,10 @@ async fn drive(inner: Arc<Inner>, a: Assignment, key: TaskKey, cancel: Arc<Atomi
     let superseded = inner.running().remove(&key).is_none();
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
-        // A newer attempt took over (see `assign`); the server refuses this one's results.
+        // A newer attempt took over (see `assign`) or it was handed back: the server refuses
+        // this attempt's results.
         _ if superseded => {
-            tracing::info!(task_id = %a.task_id, attempt = a.attempt, "superseded attempt stopped");
+            tracing::info!(task_id = %a.task_id, attempt = a.attempt, "superseded or handed-back attempt stopped");
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }

@@ -16,6 +16,7 @@ pub mod operations;
 pub mod outbox;
 pub mod outputs;
 pub mod progress;
+pub mod stopping;
 pub mod terminal;
 pub mod tls;
 
@@ -60,7 +61,29 @@ pub struct RunnerConfig {
     pub keep_outputs_bytes: u64,
     /// Extra CA certificates (PEM) to trust for an `https://` server, e.g. a self-signed one.
     pub ca_cert: Option<PathBuf>,
+    /// What happens to running tasks when the runner is asked to stop.
+    pub on_stop: StopMode,
+    /// With [`StopMode::Finish`]: the longest the runner waits for its tasks before handing
+    /// back the rest.
+    pub drain_timeout: std::time::Duration,
+    /// Ceiling of the reconnect backoff (exponential from 250 ms, full jitter).
+    pub reconnect_max_delay: std::time::Duration,
 }
+
+/// What a stopping runner does with the tasks it is running. Either way it first tells the
+/// server it is `draining` (no new tasks), and a second stop request hands back at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopMode {
+    /// Finish them (up to the drain timeout), deliver their results, then exit.
+    #[default]
+    Finish,
+    /// Stop them now and hand them back; the server requeues them for another runner at once.
+    HandBack,
+}
+
+/// Default of [`RunnerConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 // Hand-written so that the token can never reach a log line through `{:?}`.
 impl fmt::Debug for RunnerConfig {
@@ -75,6 +98,9 @@ impl fmt::Debug for RunnerConfig {
             .field("state_dir", &self.state_dir)
             .field("keep_outputs_bytes", &self.keep_outputs_bytes)
             .field("ca_cert", &self.ca_cert)
+            .field("on_stop", &self.on_stop)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .finish()
     }
 }
@@ -161,13 +187,26 @@ fn state_key(token: &str) -> String {
         .to_owned()
 }
 
-/// Run a runner until `shutdown` completes (returns `Ok`) or the server refuses it for good.
-///
-/// Declares the datasets first (a missing file or unreadable schema fails here, before any
-/// network traffic), then connects and reconnects forever with backoff.
+/// Run a runner until it has stopped after `shutdown` completed (returns `Ok`) or the server
+/// refuses it for good. Stopping follows [`RunnerConfig::on_stop`]; see [`run_until`].
 pub async fn run(
     config: RunnerConfig,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunnerError> {
+    run_until(config, shutdown, std::future::pending()).await
+}
+
+/// Run a runner: declares the datasets first (a missing file or unreadable schema fails here,
+/// before any network traffic), then connects and reconnects forever with backoff.
+///
+/// When `stop` completes the runner stops taking tasks and tells the server it is draining;
+/// with [`StopMode::Finish`] it finishes what runs (at most [`RunnerConfig::drain_timeout`]),
+/// delivers the results and returns, with [`StopMode::HandBack`] — or once `stop_now`
+/// completes — it stops what still runs and hands it back to the server for requeueing.
+pub async fn run_until(
+    config: RunnerConfig,
+    stop: impl Future<Output = ()> + Send,
+    stop_now: impl Future<Output = ()> + Send,
 ) -> Result<(), RunnerError> {
     config::validate(&config).map_err(|e| RunnerError::Config(e.to_string()))?;
     let trust = tls::Trust::load(config.ca_cert.as_deref()).map_err(RunnerError::Config)?;
@@ -242,7 +281,19 @@ pub async fn run(
         Arc::new(uploader),
         config.show_progress_bars,
     );
-    let result = connection::run(&config, &trust, &catalog, &executor, &outbox, shutdown).await;
+    let (phase, stopping) = stopping::Stopping::channel();
+    let driver = stopping::drive(
+        phase,
+        config.on_stop,
+        config.drain_timeout,
+        executor.clone(),
+        stop,
+        stop_now,
+    );
+    let result = tokio::select! {
+        r = connection::run(&config, &trust, &catalog, &executor, &outbox, stopping) => r,
+        never = driver => match never {},
+    };
     // However the link ended, stop the tasks still running: nobody will hear their results,
     // and an in-process caller expects nothing of this runner to outlive `run`.
     executor.shut_down();
@@ -283,6 +334,9 @@ mod tests {
             ),
             keep_outputs_bytes: 0,
             ca_cert: None,
+            on_stop: StopMode::Finish,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            reconnect_max_delay: connection::BACKOFF_CAP,
         };
         let err = run(config, std::future::pending()).await.unwrap_err();
         assert!(matches!(err, RunnerError::Config(_)), "{err}");
@@ -303,6 +357,9 @@ mod tests {
             ),
             keep_outputs_bytes: 0,
             ca_cert: None,
+            on_stop: StopMode::Finish,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            reconnect_max_delay: connection::BACKOFF_CAP,
         };
         let stop = tokio::time::sleep(std::time::Duration::from_millis(300));
         let result = tokio::time::timeout(std::time::Duration::from_secs(10), run(config, stop))

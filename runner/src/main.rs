@@ -1,4 +1,5 @@
-//! `dap-runner` binary: parse the command line, set up logging, run until Ctrl-C / SIGTERM.
+//! `dap-runner` binary: parse the command line, set up logging, run until Ctrl-C / SIGTERM
+//! (the first one drains per `--on-stop`, a second one hands back what still runs).
 //! Everything else lives in the library (`dap_runner::run`).
 
 use std::io::IsTerminal;
@@ -46,7 +47,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(dap_runner::run(config, shutdown_signal()));
+    let result = runtime.block_on(async {
+        let (count_tx, count) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                stop_signal().await;
+                count_tx.send_modify(|n| *n += 1);
+            }
+        });
+        let after = |n: u32| {
+            let mut count = count.clone();
+            async move {
+                let _ = count.wait_for(|c| *c >= n).await;
+            }
+        };
+        dap_runner::run_until(config, after(1), after(2)).await
+    });
     // A task interrupted by shutdown may still be inside a blocking polars call; do not let it
     // hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -63,7 +79,7 @@ fn main() -> ExitCode {
 }
 
 /// Completes on Ctrl-C or (on Unix) SIGTERM, the signal service managers send.
-async fn shutdown_signal() {
+async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             // No Ctrl-C handler available: only SIGTERM (or nothing) can stop us.
@@ -85,5 +101,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutting down");
 }

@@ -94,6 +94,7 @@ fn terminal_key(m: &RunnerMessage) -> Option<(&str, u32)> {
     match m {
         RunnerMessage::Completed(c) => Some((c.task_id.as_str(), c.attempt)),
         RunnerMessage::Failed(f) => Some((f.task_id.as_str(), f.attempt)),
+        RunnerMessage::HandBack(h) => Some((h.task_id.as_str(), h.attempt)),
         _ => None,
     }
 }
@@ -127,8 +128,9 @@ fn progress_key(m: &RunnerMessage) -> Option<(&str, u32)> {
     }
 }
 
+/// The last word on an attempt: journaled, never dropped, kept until the server acknowledges it.
 fn is_terminal(m: &RunnerMessage) -> bool {
-    matches!(m, RunnerMessage::Completed(_) | RunnerMessage::Failed(_))
+    terminal_key(m).is_some()
 }
 
 impl Outbox {
@@ -582,5 +584,29 @@ mod tests {
         let o = Outbox::with_journal(10, &journal).unwrap();
         assert!(o.is_empty());
         assert_eq!(files(), 0);
+    }
+
+    #[test]
+    fn a_hand_back_is_journaled_and_kept_until_acknowledged_like_a_result() {
+        let dir = crate::test_support::TempDir::new();
+        let journal = dir.path().join("outbox");
+        let hand_back = RunnerMessage::HandBack(dap_protocol::HandBack {
+            task_id: "t3".into(),
+            attempt: 2,
+            reason: "runner stopping".into(),
+        });
+        let o = Outbox::with_journal(2, &journal).unwrap();
+        for p in 0..5 {
+            o.push(progress("t4", p));
+        }
+        o.push(hand_back.clone());
+        assert!(o.snapshot().contains(&hand_back), "never dropped");
+        drop(o);
+        let o = Outbox::with_journal(2, &journal).unwrap();
+        assert_eq!(o.snapshot(), vec![hand_back]);
+        assert_eq!(o.unacknowledged()[0].task_id, "t3");
+        o.acknowledged("t3", 2);
+        assert!(o.unacknowledged().is_empty());
+        assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
     }
 }

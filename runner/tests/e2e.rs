@@ -2,10 +2,17 @@
 //! on a CSV file end to end, progress seen on the server, reconnect after a server restart,
 //! operation 200 shipping its full output as an artifact, operation 400 exporting an HTML report
 //! that is downloaded again, a revoked runner stopping for good, a fetch → filter → model →
-//! export pipeline over kept outputs, and cancelling a long filter.
+//! export pipeline over kept outputs, cancelling a long filter, stopping the runner binary
+//! (SIGTERM: drain and finish, hand back, second signal), and the real runner behind a fault
+//! proxy (a cut within the grace period resumes, one past it moves the task to another runner).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+// The server tests' fault proxy, shared by path (this suite uses the cut mode only).
+#[allow(dead_code)]
+#[path = "../../server/tests/it/fault_proxy.rs"]
+mod fault_proxy;
 
 use dap_runner::{DatasetFormat, DatasetSpec, RunnerConfig, RunnerError};
 use dap_server::store::Scope;
@@ -110,6 +117,9 @@ fn runner_config(srv: &Server, token: &str, csv: &Path) -> RunnerConfig {
         state_dir: Some(csv.parent().expect("csv in a dir").join("state")),
         keep_outputs_bytes: dap_runner::outputs::DEFAULT_MAX_BYTES,
         ca_cert: None,
+        on_stop: dap_runner::StopMode::Finish,
+        drain_timeout: dap_runner::DEFAULT_DRAIN_TIMEOUT,
+        reconnect_max_delay: dap_runner::connection::BACKOFF_CAP,
     }
 }
 
@@ -1359,6 +1369,9 @@ async fn runner_over_wss_to_a_tls_server_with_a_self_signed_certificate() {
         state_dir: Some(dir.join("state")),
         keep_outputs_bytes: 0,
         ca_cert: Some(cert_pem.clone()),
+        on_stop: dap_runner::StopMode::Finish,
+        drain_timeout: dap_runner::DEFAULT_DRAIN_TIMEOUT,
+        reconnect_max_delay: dap_runner::connection::BACKOFF_CAP,
     };
     let (stop_runner, runner_stopped) = oneshot::channel::<()>();
     let runner = tokio::spawn(dap_runner::run(rc, async {
@@ -1430,5 +1443,554 @@ async fn runner_over_wss_to_a_tls_server_with_a_self_signed_certificate() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
     state.store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One CSV big enough that a filter over it runs for seconds, written once per test process.
+fn shared_big_csv() -> PathBuf {
+    static BIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("dap-e2e-big-{}.csv", std::process::id()));
+        write_big_csv(&p, 4_000_000);
+        p
+    })
+    .clone()
+}
+
+/// A filter over [`shared_big_csv`] (declared as `big`) that takes seconds.
+fn long_filter(runner_id: Option<&str>) -> Value {
+    let mut body = json!({"operation_code": 200, "params": {"dataset": "big",
+        "where": {"any": [{"column": "label", "op": "contains", "value": "number 99"},
+                          {"column": "amount", "op": "gt", "value": 9000}]},
+        "sort": [{"column": "amount", "descending": true}]}});
+    if let Some(r) = runner_id {
+        body["runner_id"] = json!(r);
+    }
+    body
+}
+
+/// The real `dap-runner` binary as a child process (killed on drop), logging to a file.
+struct RunnerProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl RunnerProcess {
+    fn start(srv: &Server, token: &str, dir: &Path, name: &str, extra: &[&str]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dap-runner"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DAP_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--server", &srv.url(""), "--token", token, "--name", name])
+            .args(["--slots", "1", "--no-progress"])
+            .arg("--state-dir")
+            .arg(dir.join(format!("state-{name}")))
+            .arg("--dataset")
+            .arg(format!("big={}", shared_big_csv().display()))
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Self {
+            child: cmd.spawn().expect("start dap-runner"),
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    async fn exited_within(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dap-runner still running after {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn runner_state(srv: &Server, key: &str, runner_id: &str) -> String {
+    let (_, v) = call(reqwest::Method::GET, srv.url("/api/v1/runners"), key, None).await;
+    v["runners"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["runner_id"] == runner_id))
+        .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+async fn wait_runner_state(srv: &Server, key: &str, runner_id: &str, want: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let state = runner_state(srv, key, runner_id).await;
+        if state == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runner {runner_id} is {state:?}, not {want:?}, after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn get_task(srv: &Server, key: &str, id: &str) -> Value {
+    call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}")),
+        key,
+        None,
+    )
+    .await
+    .1
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_runner_binary_which_finishes_its_task_then_exits() {
+    let Enrolled {
+        dir,
+        srv,
+        key,
+        token,
+        runner_id,
+        ..
+    } = enrolled("drain-finish").await;
+    let mut runner = RunnerProcess::start(&srv, &token, &dir, "finisher", &["--on-stop", "finish"]);
+    wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
+
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(Some(&runner_id))),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_status(&srv, &key, &id, &["running"], 30).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let t0 = std::time::Instant::now();
+    runner.signal("TERM");
+    wait_runner_state(&srv, &key, &runner_id, "draining", 5).await;
+    let draining_after = t0.elapsed();
+    // Nothing new goes to a draining runner; the refusal says why and names what runs there.
+    let (st, refused) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 100, "runner_id": runner_id,
+                    "params": {"dataset": "big", "limit": 1}})),
+    )
+    .await;
+    let task = get_task(&srv, &key, &id).await;
+    if task["status"] == "running" {
+        assert_eq!(st, 409, "{refused}");
+        assert_eq!(refused["error"]["code"], "runner_draining", "{refused}");
+        assert_eq!(refused["error"]["running_tasks"], json!([id]), "{refused}");
+    } else {
+        // The task already finished and the runner is on its way out.
+        assert!(st == 409, "{st} {refused}");
+    }
+
+    let done = wait_status(&srv, &key, &id, &["completed", "failed", "queued"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", runner.log_text());
+    assert_eq!(done["attempt"], 1, "finished by the same attempt: {done}");
+    let code = runner.exited_within(Duration::from_secs(20)).await;
+    let exited_after = t0.elapsed();
+    assert_eq!(code, Some(0), "{}", runner.log_text());
+    wait_runner_state(&srv, &key, &runner_id, "offline", 5).await;
+    eprintln!(
+        "drain (finish): draining visible after {draining_after:?}, task finished and runner exited after {exited_after:?}"
+    );
+    let (_, res) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/result")),
+        &key,
+        None,
+    )
+    .await;
+    assert!(
+        res["result_data"]["row_count"].as_u64().unwrap() > 0,
+        "{res}"
+    );
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sigterm_with_hand_back_requeues_at_once_to_another_runner() {
+    let Enrolled {
+        dir,
+        srv,
+        key,
+        token,
+        runner_id,
+        ..
+    } = enrolled("drain-handback").await;
+    let mut leaving =
+        RunnerProcess::start(&srv, &token, &dir, "leaving", &["--on-stop", "hand-back"]);
+    wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(None)),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let running = wait_status(&srv, &key, &id, &["running"], 30).await;
+    assert_eq!(running["runner_id"], runner_id.as_str(), "{running}");
+
+    // A second runner comes online with the same dataset.
+    let (st, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "staying"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let other_id = r["runner_id"].as_str().unwrap().to_owned();
+    let other_token = r["token"].as_str().unwrap().to_owned();
+    let mut staying = RunnerProcess::start(&srv, &other_token, &dir, "staying", &[]);
+    wait_runner_state(&srv, &key, &other_id, "idle", 60).await;
+
+    let t0 = std::time::Instant::now();
+    leaving.signal("TERM");
+    // Requeued and pushed to the other runner without waiting out the 30 s grace period.
+    let moved = loop {
+        let t = get_task(&srv, &key, &id).await;
+        if t["attempt"] == 2 && t["runner_id"] == other_id.as_str() {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not handed over: {t}\n{}",
+            leaving.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let code = leaving.exited_within(Duration::from_secs(10)).await;
+    let exited = t0.elapsed();
+    assert_eq!(code, Some(0), "{}", leaving.log_text());
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done}\n{}",
+        staying.log_text()
+    );
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["runner_id"], other_id.as_str(), "{done}");
+    assert!(
+        moved < Duration::from_secs(3),
+        "hand back took {moved:?} (grace is 30 s)"
+    );
+    eprintln!("hand back: task on the other runner after {moved:?}; leaving runner exited after {exited:?}");
+    staying.signal("TERM");
+    assert_eq!(
+        staying.exited_within(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_second_sigterm_hands_back_what_is_still_running() {
+    let Enrolled {
+        dir,
+        srv,
+        key,
+        token,
+        runner_id,
+        ..
+    } = enrolled("drain-twice").await;
+    let mut runner = RunnerProcess::start(&srv, &token, &dir, "twice", &[]);
+    wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(Some(&runner_id))),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_status(&srv, &key, &id, &["running"], 30).await;
+    runner.signal("TERM");
+    wait_runner_state(&srv, &key, &runner_id, "draining", 5).await;
+    let t0 = std::time::Instant::now();
+    runner.signal("TERM");
+    let code = runner.exited_within(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", runner.log_text());
+    // Handed back: waiting for its (targeted) runner again, at the next attempt, not failed.
+    let t = get_task(&srv, &key, &id).await;
+    if t["status"] != "completed" {
+        assert_eq!(t["status"], "queued", "{t}\n{}", runner.log_text());
+        assert_eq!(t["attempt"], 1, "{t}");
+    }
+    eprintln!("second SIGTERM → runner exited after {:?}", t0.elapsed());
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server with a short heartbeat and the given grace period, for the fault tests.
+async fn start_server_tuned(dir: &Path, grace: Duration) -> Server {
+    let mut config = ServeConfig::for_dir(dir);
+    config.heartbeat = Duration::from_millis(300);
+    config.runner_grace = grace;
+    let state = build_state(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        serve(dap_server::no_delay(listener), st, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        addr,
+        state,
+        stop: Some(stop),
+        join,
+    }
+}
+
+async fn task_events(srv: &Server, key: &str, id: &str) -> Vec<Value> {
+    let (_, h) = call(
+        reqwest::Method::GET,
+        srv.url(&format!("/api/v1/tasks/{id}/events")),
+        key,
+        None,
+    )
+    .await;
+    h["events"].as_array().unwrap().clone()
+}
+
+/// The real runner (in-process) reaching the server through a fault proxy, with `big` declared.
+fn runner_via(
+    proxy: &fault_proxy::FaultProxy,
+    token: &str,
+    dir: &Path,
+    name: &str,
+) -> RunnerConfig {
+    let mut c = RunnerConfig {
+        server: format!("http://{}", proxy.addr),
+        token: token.to_owned(),
+        name: name.to_owned(),
+        slots: 1,
+        datasets: vec![DatasetSpec {
+            name: "big".into(),
+            path: shared_big_csv(),
+            format: DatasetFormat::Csv,
+        }],
+        show_progress_bars: false,
+        state_dir: Some(dir.join(format!("state-{name}"))),
+        keep_outputs_bytes: 0,
+        ca_cert: None,
+        on_stop: dap_runner::StopMode::HandBack,
+        drain_timeout: dap_runner::DEFAULT_DRAIN_TIMEOUT,
+        reconnect_max_delay: Duration::from_millis(500),
+    };
+    c.name = name.to_owned();
+    c
+}
+
+#[tokio::test]
+async fn real_runner_cut_off_mid_task_within_grace_resumes_and_completes_once() {
+    let dir = temp_dir("fault-cut");
+    let srv = start_server_tuned(&dir.join("srv"), Duration::from_secs(20)).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let (_, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        &key,
+        Some(json!({"name": "flaky"})),
+    )
+    .await;
+    let token = r["token"].as_str().unwrap().to_owned();
+    let runner_id = r["runner_id"].as_str().unwrap().to_owned();
+    let proxy = fault_proxy::FaultProxy::start(srv.addr).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = tokio::spawn(dap_runner::run(
+        runner_via(&proxy, &token, &dir, "flaky"),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
+
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(None)),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_status(&srv, &key, &id, &["running"], 30).await;
+
+    // The link is cut mid-task and stays down for a while; the task keeps running locally.
+    proxy.set(fault_proxy::CUT);
+    wait_runner_state(&srv, &key, &runner_id, "offline", 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(fault_proxy::PASS);
+    let t0 = std::time::Instant::now();
+    wait_runner_state(&srv, &key, &runner_id, "busy", 15).await;
+    let back = t0.elapsed();
+
+    let done = wait_status(&srv, &key, &id, &["completed", "failed", "queued"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1, "resumed, not requeued: {done}");
+    let events = task_events(&srv, &key, &id).await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "task.completed").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"task.requeued"), "{kinds:?}");
+    let percents: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["progress"].as_u64())
+        .collect();
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "progress went down: {percents:?}"
+    );
+    assert_eq!(percents.last(), Some(&100), "{percents:?}");
+    eprintln!("real runner, cut mid-task: back and resumed {back:?} after the link returned");
+
+    let _ = stop.send(());
+    assert!(runner.await.unwrap().is_ok());
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn real_runner_cut_off_past_grace_loses_its_task_to_another_which_completes_it_once() {
+    let dir = temp_dir("fault-grace");
+    let srv = start_server_tuned(&dir.join("srv"), Duration::from_millis(800)).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let mut enrol = Vec::new();
+    for name in ["cut-off", "steady"] {
+        let (_, r) = call(
+            reqwest::Method::POST,
+            srv.url("/api/v1/runners"),
+            &key,
+            Some(json!({ "name": name })),
+        )
+        .await;
+        enrol.push((
+            r["runner_id"].as_str().unwrap().to_owned(),
+            r["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let cut_proxy = fault_proxy::FaultProxy::start(srv.addr).await;
+    let steady_proxy = fault_proxy::FaultProxy::start(srv.addr).await;
+    let (stop_a, stopped_a) = oneshot::channel::<()>();
+    let a = tokio::spawn(dap_runner::run(
+        runner_via(&cut_proxy, &enrol[0].1, &dir, "cut-off"),
+        async {
+            let _ = stopped_a.await;
+        },
+    ));
+    wait_runner_state(&srv, &key, &enrol[0].0, "idle", 60).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(None)),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let running = wait_status(&srv, &key, &id, &["running"], 30).await;
+    assert_eq!(running["runner_id"], enrol[0].0.as_str());
+
+    let (stop_b, stopped_b) = oneshot::channel::<()>();
+    let b = tokio::spawn(dap_runner::run(
+        runner_via(&steady_proxy, &enrol[1].1, &dir, "steady"),
+        async {
+            let _ = stopped_b.await;
+        },
+    ));
+    wait_runner_state(&srv, &key, &enrol[1].0, "idle", 60).await;
+
+    // Cut for longer than the 800 ms grace period: the task moves to the other runner.
+    let t0 = std::time::Instant::now();
+    cut_proxy.set(fault_proxy::CUT);
+    let moved = loop {
+        let t = get_task(&srv, &key, &id).await;
+        if t["attempt"] == 2 && t["runner_id"] == enrol[1].0.as_str() {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "not requeued: {t}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The first runner comes back still running attempt 1: the server tells it to stop.
+    cut_proxy.set(fault_proxy::PASS);
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["runner_id"], enrol[1].0.as_str(), "{done}");
+    wait_runner_state(&srv, &key, &enrol[0].0, "idle", 20).await;
+    // Give a late result of attempt 1 every chance to arrive: it must change nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = task_events(&srv, &key, &id).await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "task.completed").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(get_task(&srv, &key, &id).await["attempt"], 2);
+    eprintln!(
+        "real runner, cut past grace (800 ms): task running on the other runner after {moved:?}"
+    );
+
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    assert!(a.await.unwrap().is_ok());
+    assert!(b.await.unwrap().is_ok());
+    srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

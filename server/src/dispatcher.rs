@@ -30,6 +30,8 @@ pub enum RunnerState {
     Idle,
     /// Connected with every slot taken.
     Busy,
+    /// Connected but stopping: finishing (or handing back) what it holds, taking nothing new.
+    Draining,
     Offline,
 }
 
@@ -38,6 +40,7 @@ impl RunnerState {
         match self {
             Self::Idle => "idle",
             Self::Busy => "busy",
+            Self::Draining => "draining",
             Self::Offline => "offline",
         }
     }
@@ -48,6 +51,11 @@ impl RunnerState {
 pub enum Refusal {
     /// Every slot is taken; these tasks are running there.
     Busy {
+        name: String,
+        running: Vec<String>,
+    },
+    /// Connected but stopping (it said `draining`); these tasks are still running there.
+    Draining {
         name: String,
         running: Vec<String>,
     },
@@ -102,6 +110,19 @@ pub struct LiveView {
     pub operations: Vec<u16>,
     pub datasets: Vec<DatasetInfo>,
     pub connected_at: i64,
+    pub draining: bool,
+}
+
+impl LiveView {
+    pub fn state(&self) -> RunnerState {
+        if self.draining {
+            RunnerState::Draining
+        } else if self.running.len() as u32 >= self.slots {
+            RunnerState::Busy
+        } else {
+            RunnerState::Idle
+        }
+    }
 }
 
 struct LiveRunner {
@@ -115,19 +136,27 @@ struct LiveRunner {
     running: HashMap<String, u32>,
     tx: mpsc::UnboundedSender<Outbound>,
     connected_at: i64,
+    /// Said `draining`: gets no new tasks until it reconnects without saying so.
+    draining: bool,
 }
 
 impl LiveRunner {
     fn state(&self) -> RunnerState {
-        if self.running.len() as u32 >= self.slots {
+        if self.draining {
+            RunnerState::Draining
+        } else if self.running.len() as u32 >= self.slots {
             RunnerState::Busy
         } else {
             RunnerState::Idle
         }
     }
 
+    fn has_free_slot(&self) -> bool {
+        !self.draining && (self.running.len() as u32) < self.slots
+    }
+
     fn can_take(&self, runner_id: &str, t: &QueuedTask) -> bool {
-        (self.running.len() as u32) < self.slots
+        self.has_free_slot()
             && self.operations.contains(&t.operation_code)
             && t.dataset
                 .as_ref()
@@ -392,6 +421,14 @@ impl Dispatcher {
                     return Err(Refusal::DatasetNotOnRunner(d.clone()));
                 }
             }
+            if r.draining {
+                let mut running: Vec<String> = r.running.keys().cloned().collect();
+                running.sort();
+                return Err(Refusal::Draining {
+                    name: r.name.clone(),
+                    running,
+                });
+            }
             if r.running.len() as u32 >= r.slots {
                 let mut running: Vec<String> = r.running.keys().cloned().collect();
                 running.sort();
@@ -495,6 +532,53 @@ impl Dispatcher {
                 .is_some_and(|l| l.running.get(task_id) == Some(&attempt))
     }
 
+    /// The runner said it is stopping: it gets no new tasks on this connection (a targeted
+    /// create is refused with [`Refusal::Draining`]); what it holds stays leased to it.
+    pub fn drain(&self, runner_id: &str) {
+        let changed = {
+            let mut st = self.lock();
+            match st.runners.get_mut(runner_id) {
+                Some(r) if !r.draining => {
+                    r.draining = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            tracing::info!(%runner_id, "runner is draining");
+            self.emit(runner_id, "runner.draining", RunnerState::Draining);
+        }
+    }
+
+    /// The runner gave `attempt` of `task_id` back unfinished: its lease ends now and the task
+    /// is requeued (attempt + 1) for another runner without waiting for a grace period. A hand
+    /// back is orderly, not a loss, so it never fails the task on `max_attempts`. False if the
+    /// runner did not hold that attempt (nothing changes).
+    pub async fn hand_back(self: &Arc<Self>, runner_id: &str, task_id: &str, attempt: u32) -> bool {
+        let held = {
+            let mut st = self.lock();
+            match st.runners.get_mut(runner_id) {
+                Some(r) if r.running.get(task_id) == Some(&attempt) => {
+                    r.running.remove(task_id);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if held {
+            tracing::info!(%runner_id, %task_id, attempt, "task handed back");
+            self.requeue(
+                runner_id,
+                vec![(task_id.to_owned(), attempt)],
+                "handed_back",
+            )
+            .await;
+            self.pump_all().await;
+        }
+        held
+    }
+
     /// Asks the runner to stop a task.
     pub fn cancel_on_runner(&self, runner_id: &str, task_id: &str, attempt: u32) {
         if let Some(r) = self.lock().runners.get(runner_id) {
@@ -573,6 +657,7 @@ impl Dispatcher {
                 running,
                 tx,
                 connected_at: now_ms(),
+                draining: false,
             };
             let state = r.state();
             st.runners.insert(runner_id.to_owned(), r);
@@ -686,7 +771,7 @@ impl Dispatcher {
             }
             st.runners
                 .iter()
-                .filter(|(_, r)| (r.running.len() as u32) < r.slots)
+                .filter(|(_, r)| r.has_free_slot())
                 .map(|(id, _)| id.clone())
                 .collect()
         };
@@ -821,6 +906,7 @@ impl Dispatcher {
                 operations: r.operations.clone(),
                 datasets: r.datasets.clone(),
                 connected_at: r.connected_at,
+                draining: r.draining,
             }
         })
     }

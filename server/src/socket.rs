@@ -447,6 +447,23 @@ async fn handle(
             e.message = truncate(e.message, 2000);
             finish(s, runner_id, tx, f.task_id, f.attempt, Err(e)).await;
         }
+        RunnerMessage::Draining => s.dispatcher.drain(runner_id),
+        RunnerMessage::HandBack(h) => {
+            // Requeued (committed) before the ack, like a result; a hand back of an attempt
+            // this runner no longer holds changes nothing and is acknowledged all the same.
+            let d = std::sync::Arc::clone(&s.dispatcher);
+            let runner_id = runner_id.to_owned();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                d.hand_back(&runner_id, &h.task_id, h.attempt).await;
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(Outbound::Send(ServerMessage::Ack {
+                        task_id: h.task_id,
+                        attempt: h.attempt,
+                    }));
+                }
+            });
+        }
     }
 }
 

@@ -786,6 +786,13 @@ class DAP_Admin {
 					self::runner_name( $runner_id ),
 					$running
 				);
+			case 'runner_draining':
+				$runner_id = (string) ( $details['runner_id'] ?? '' );
+				return sprintf(
+					/* translators: %s: runner name */
+					__( 'Runner %s is shutting down: it finishes its current tasks and takes no new ones. Choose another runner or tick “Queue if the runner is busy” to run it when the runner is back.', 'distributed-data-analysis' ),
+					self::runner_name( $runner_id )
+				);
 			case 'runner_offline':
 				/* translators: %s: server message */
 				return sprintf( __( 'That runner is offline: %s', 'distributed-data-analysis' ), $error->get_error_message() );

@@ -51,6 +51,22 @@ class ClientTest extends DAP_Test_Case {
 		$this->assertStringStartsWith( 'Runner laptop is busy with task t-running.', DAP_Admin::describe_error( $res ) );
 	}
 
+	public function test_runner_draining_is_explained_with_the_runner_name() {
+		$this->configure();
+		$error = new WP_Error(
+			'runner_draining',
+			'runner laptop (r-busy) is shutting down',
+			array(
+				'status'  => 409,
+				'details' => array(
+					'runner_id'     => 'r-busy',
+					'running_tasks' => array( 't-running' ),
+				),
+			)
+		);
+		$this->assertStringStartsWith( 'Runner laptop is shutting down', DAP_Admin::describe_error( $error ) );
+	}
+
 	public function test_queue_flag_is_passed_through() {
 		$res = $this->client()->create_task( 100, array( 'dataset' => 'sales' ), 'r-busy', true );
 		$this->assertNotWPError( $res );

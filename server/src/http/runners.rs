@@ -75,11 +75,7 @@ async fn enrol(
 fn runner_json(s: &AppState, r: &Runner) -> Value {
     let live = s.dispatcher.live(&r.id);
     let hello = r.hello.as_ref();
-    let state = match &live {
-        Some(l) if l.running.len() as u32 >= l.slots => RunnerState::Busy,
-        Some(_) => RunnerState::Idle,
-        None => RunnerState::Offline,
-    };
+    let state = live.as_ref().map_or(RunnerState::Offline, |l| l.state());
     let (slots, operations, datasets, running) = match &live {
         Some(l) => (
             json!(l.slots),

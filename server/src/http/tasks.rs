@@ -294,7 +294,7 @@ async fn input_runner(
     responses((status = 201, description = "Committed, then pushed to a runner or queued", body = TaskCreated),
         (status = 400, description = "`invalid_json`", body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
         (status = 404, description = "`runner_not_found`", body = ErrorBody),
-        (status = 409, description = "`runner_busy`, `runner_offline`, `input_not_ready`", body = ErrorBody),
+        (status = 409, description = "`runner_busy`, `runner_draining`, `runner_offline`, `input_not_ready`", body = ErrorBody),
         (status = 422, description = "`unknown_operation`, `missing_dataset`, `path_not_allowed`, `invalid_params`, `unsupported_operation`, `unknown_dataset`, `unknown_input`, `input_on_other_runner`", body = ErrorBody)))]
 async fn create(
     State(s): State<AppState>,
@@ -338,7 +338,18 @@ async fn create(
                 details: Some(json!({ "runner_id": target, "running_tasks": running })),
             });
         }
-        Err(Refusal::Busy { .. }) => None,
+        Err(Refusal::Draining { name, running }) if !req.queue => {
+            let target = target.as_deref().unwrap_or_default();
+            return Err(ApiError::Conflict {
+                code: "runner_draining",
+                message: format!(
+                    "runner {name} ({target}) is shutting down: it finishes the tasks it holds \
+                     and takes no new ones; pass \"queue\": true to run the task when it is back"
+                ),
+                details: Some(json!({ "runner_id": target, "running_tasks": running })),
+            });
+        }
+        Err(Refusal::Busy { .. } | Refusal::Draining { .. }) => None,
         Err(Refusal::Offline) => {
             let target = target.as_deref().unwrap_or_default();
             match s.store.get_runner(target).await? {
@@ -629,7 +640,7 @@ async fn retry(
     };
     let assign_to = match s.dispatcher.reserve_new(&queued) {
         Ok(r) => r,
-        Err(Refusal::Busy { .. } | Refusal::Offline) => None,
+        Err(Refusal::Busy { .. } | Refusal::Draining { .. } | Refusal::Offline) => None,
         Err(Refusal::UnsupportedOperation) => {
             return Err(ApiError::unprocessable(
                 "unsupported_operation",

@@ -3,98 +3,13 @@
 //! longer than the grace period moves the task to another runner while the late result of the
 //! first one is refused.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dap_protocol::{RunningTask, ServerMessage};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{ProtoRunner, TestServer};
-
-const PASS: u8 = 0;
-/// Bytes are read and dropped in both directions; both ends' sockets stay open.
-const BLACK_HOLE: u8 = 1;
-/// Every proxied connection is closed, and new ones are refused.
-const CUT: u8 = 2;
-
-/// A TCP proxy to `upstream` whose behaviour can be switched at any time.
-struct FaultProxy {
-    addr: SocketAddr,
-    mode: Arc<AtomicU8>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl FaultProxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let m = mode.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if m.load(Ordering::SeqCst) == CUT {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, m.clone()));
-                tokio::spawn(pipe(sr, cw, m.clone()));
-            }
-        });
-        Self { addr, mode, accept }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Copy `from` → `to` while the mode allows; drop bytes when black-holed; stop when cut.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mode: Arc<AtomicU8>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let read = tokio::select! {
-            r = from.read(&mut buf) => r,
-            // Notice a cut even while the peer is silent.
-            _ = async {
-                while mode.load(Ordering::SeqCst) != CUT {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            } => return,
-        };
-        let n = match read {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        match mode.load(Ordering::SeqCst) {
-            PASS => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-            BLACK_HOLE => {}
-            _ => return,
-        }
-    }
-}
+use crate::fault_proxy::{FaultProxy, BLACK_HOLE, CUT, PASS};
 
 async fn runner_state(srv: &TestServer, runner_id: &str) -> String {
     let (_, v) = srv
@@ -146,8 +61,11 @@ async fn a_black_holed_runner_link_is_detected_within_ten_seconds() {
 
 #[tokio::test]
 async fn a_cut_longer_than_the_grace_period_moves_the_task_and_refuses_the_late_result() {
+    // A cut closes the link at once, so no short heartbeat is needed to notice it; a long one
+    // keeps the protocol-level runner (which answers pings only while read) from being dropped
+    // as silent before the cut on a loaded machine, which would start its grace period early.
     let srv = TestServer::start_with(|c| {
-        c.heartbeat = Duration::from_millis(300);
+        c.heartbeat = Duration::from_secs(3);
         c.runner_grace = Duration::from_millis(800);
     })
     .await;

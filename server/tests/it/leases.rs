@@ -180,3 +180,108 @@ async fn after_a_server_restart_the_runner_resumes_its_task() {
     assert_eq!(t["attempt"], 1);
     let _ = key;
 }
+
+#[tokio::test]
+async fn a_draining_runner_gets_nothing_new_and_a_hand_back_requeues_at_once_fenced() {
+    // Grace 30 s: anything faster than that is the hand back, not the lease expiring.
+    let srv = TestServer::start_with(|c| c.runner_grace = Duration::from_secs(30)).await;
+    let (rid, cred) = srv.enrol("leaving").await;
+    let mut leaving = ProtoRunner::connect(srv.addr, &cred, 2, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a = leaving.next_assignment(5).await;
+    leaving.progress(&a, 40, "working").await;
+
+    leaving.send(dap_protocol::RunnerMessage::Draining).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, r) = srv
+            .get(&format!("/api/v1/runners/{rid}"), &srv.read_key)
+            .await;
+        if r["state"] == "draining" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // It has a free slot, but a draining runner is refused by name and nothing is stored…
+    let before = srv.task_total().await;
+    let (st, e) = srv
+        .create_task(json!({"operation_code": 1, "runner_id": rid}))
+        .await;
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["error"]["code"], "runner_draining", "{e}");
+    assert_eq!(e["error"]["running_tasks"], json!([id]), "{e}");
+    assert_eq!(srv.task_total().await, before);
+    // …and an untargeted task waits in the queue rather than going to it.
+    let (st, q) = srv.create_task(json!({"operation_code": 1})).await;
+    assert_eq!(st, 201, "{q}");
+    let queued_id = q["task_id"].as_str().unwrap().to_owned();
+    assert!(
+        leaving.next(1).await.is_none(),
+        "nothing is pushed to a draining runner"
+    );
+    assert_eq!(srv.task(&queued_id).await["status"], "queued");
+
+    // A second runner arrives; the leaving one hands its task back.
+    let (other, other_cred) = srv.enrol("staying").await;
+    let mut staying = ProtoRunner::connect(srv.addr, &other_cred, 2, &[]).await;
+    let first = staying.next_assignment(5).await;
+    assert_eq!(first.task_id, queued_id);
+    let t0 = std::time::Instant::now();
+    leaving
+        .send(dap_protocol::RunnerMessage::HandBack(
+            dap_protocol::HandBack {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+                reason: "runner stopping".into(),
+            },
+        ))
+        .await;
+    let moved = staying.next_assignment(5).await;
+    let requeue_time = t0.elapsed();
+    assert_eq!((moved.task_id.as_str(), moved.attempt), (id.as_str(), 2));
+    leaving.wait_ack(&id, 1, 5).await;
+    assert!(
+        requeue_time < Duration::from_secs(2),
+        "hand back → assignment took {requeue_time:?}"
+    );
+    eprintln!("hand back → next runner assigned: {requeue_time:?}");
+
+    // The handed-back attempt is fenced: its progress and result change nothing.
+    leaving.progress(&a, 90, "late").await;
+    leaving.complete(&a, json!({"from": "attempt 1"})).await;
+    leaving.wait_ack(&id, 1, 5).await;
+    staying.progress(&moved, 10, "again").await;
+    staying.complete(&moved, json!({"from": "attempt 2"})).await;
+    let done = srv.wait_status(&id, "completed", 5).await;
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["runner_id"], other.as_str(), "{done}");
+    let (_, res) = srv
+        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
+        .await;
+    assert_eq!(res["result_data"], json!({"from": "attempt 2"}), "{res}");
+    let (_, h) = srv
+        .get(&format!("/api/v1/tasks/{id}/events"), &srv.read_key)
+        .await;
+    let requeued: Vec<_> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "task.requeued")
+        .collect();
+    assert_eq!(requeued.len(), 1, "{h}");
+    assert_eq!(requeued[0]["reason"], "handed_back", "{h}");
+    // A hand back of an attempt it does not hold is acknowledged and changes nothing.
+    leaving
+        .send(dap_protocol::RunnerMessage::HandBack(
+            dap_protocol::HandBack {
+                task_id: id.clone(),
+                attempt: 2,
+                reason: "bogus".into(),
+            },
+        ))
+        .await;
+    leaving.wait_ack(&id, 2, 5).await;
+    assert_eq!(srv.task(&id).await["status"], "completed");
+}

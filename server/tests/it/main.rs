@@ -8,6 +8,7 @@ mod auth;
 mod concurrency;
 mod crash;
 mod dispatch;
+mod fault_proxy;
 mod faults;
 mod flow;
 mod leases;
