@@ -277,3 +277,98 @@ async fn kill_9_right_after_completion_still_delivers_the_webhook_after_restart(
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sigterm_closes_runner_sockets_with_1001_exits_cleanly_and_the_runner_resumes_after() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = temp_dir("sigterm");
+    let key = cli(
+        &dir,
+        &["apikey", "create", "--name", "ci", "--scope", "admin"],
+    );
+    let (mut child, addr) = start(&dir);
+    let base = format!("http://{addr}");
+    let (_, v) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/runners"),
+        &key,
+        Some(json!({"name": "r"})),
+    )
+    .await;
+    let cred = v["token"].as_str().unwrap().to_owned();
+    let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/tasks"),
+        &key,
+        Some(json!({"operation_code": 1})),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let a = runner.next_assignment(5).await;
+    runner.progress(&a, 50, "half way").await;
+
+    let t0 = std::time::Instant::now();
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The runner is told to go elsewhere (1001), not just dropped.
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), runner.ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, dap_protocol::close_code::GOING_AWAY);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "server still up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    eprintln!(
+        "SIGTERM → runners told 1001 and the process exited in {:?}",
+        t0.elapsed()
+    );
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+
+    // Back up: the runner resumes its task (same attempt, progress kept) and finishes it.
+    let (mut child, addr) = start(&dir);
+    let mut runner = ProtoRunner::connect_with(
+        addr,
+        &cred,
+        1,
+        &[],
+        vec![dap_protocol::RunningTask {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+        }],
+    )
+    .await;
+    assert!(runner.next(0).await.is_none(), "nothing to cancel or redo");
+    runner.complete(&a, json!({"ok": true})).await;
+    runner.wait_ack(&a.task_id, 1, 5).await;
+    let (_, t) = call(
+        reqwest::Method::GET,
+        format!("http://{addr}/api/v1/tasks/{}", a.task_id),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (t["status"].as_str(), t["attempt"].as_u64()),
+        (Some("completed"), Some(1)),
+        "{t}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
