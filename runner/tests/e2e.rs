@@ -1994,3 +1994,73 @@ async fn real_runner_cut_off_past_grace_loses_its_task_to_another_which_complete
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn kill_9_of_the_runner_binary_mid_task_requeues_it_to_another_runner_after_the_grace_period()
+{
+    let dir = temp_dir("kill-runner");
+    let grace = Duration::from_secs(2);
+    let srv = start_server_tuned(&dir.join("srv"), grace).await;
+    let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
+        .await
+        .unwrap();
+    let mut enrol = Vec::new();
+    for name in ["doomed", "survivor"] {
+        let (_, r) = call(
+            reqwest::Method::POST,
+            srv.url("/api/v1/runners"),
+            &key,
+            Some(json!({ "name": name })),
+        )
+        .await;
+        enrol.push((
+            r["runner_id"].as_str().unwrap().to_owned(),
+            r["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let doomed = RunnerProcess::start(&srv, &enrol[0].1, &dir, "doomed", &[]);
+    wait_runner_state(&srv, &key, &enrol[0].0, "idle", 60).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        Some(long_filter(None)),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let running = wait_status(&srv, &key, &id, &["running"], 30).await;
+    assert_eq!(running["runner_id"], enrol[0].0.as_str());
+    let survivor = RunnerProcess::start(&srv, &enrol[1].1, &dir, "survivor", &[]);
+    wait_runner_state(&srv, &key, &enrol[1].0, "idle", 60).await;
+
+    let t0 = std::time::Instant::now();
+    doomed.signal("KILL");
+    let moved = loop {
+        let t = get_task(&srv, &key, &id).await;
+        if t["attempt"] == 2 && t["runner_id"] == enrol[1].0.as_str() {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "not requeued: {t}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done}\n{}",
+        survivor.log_text()
+    );
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert!(
+        moved >= grace && moved < grace + Duration::from_secs(3),
+        "requeued {moved:?} after kill -9 (grace {grace:?})"
+    );
+    eprintln!(
+        "kill -9 of a runner mid-task: on the other runner after {moved:?} (grace {grace:?})"
+    );
+    drop(doomed);
+    drop(survivor);
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,6 +57,10 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Flips to `true` when the server is shutting down; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Runner socket sessions. Upgraded connections are invisible to axum's graceful shutdown,
+    /// so [`serve`] waits on these itself: each sends its close frame (1001) before the process
+    /// exits, instead of the runner seeing a reset.
+    pub sockets: tokio_util::task::TaskTracker,
     shutdown_tx: watch::Sender<bool>,
     cors_origins: Vec<String>,
 }
@@ -123,6 +127,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         metrics,
         shutdown,
         shutdown_tx,
+        sockets: tokio_util::task::TaskTracker::new(),
         cors_origins: config.cors_origins.clone(),
     }))
 }
@@ -184,6 +189,7 @@ where
     let tx = state.shutdown_tx.clone();
     let mut done = state.shutdown.clone();
     let dispatcher = state.dispatcher.clone();
+    let sockets = state.sockets.clone();
     let app = app(state);
     let signal = async move {
         shutdown.await;
@@ -192,14 +198,26 @@ where
         let _ = tx.send(true);
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    tokio::select! {
+    let deadline = async {
+        let _ = done.wait_for(|v| *v).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    tokio::pin!(deadline);
+    let served = tokio::select! {
         r = server => r,
-        _ = async {
-            let _ = done.wait_for(|v| *v).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => {
+        _ = &mut deadline => {
             tracing::warn!("connections still open 5 s after shutdown; exiting anyway");
-            Ok(())
+            return Ok(());
         }
+    };
+    // Runner sockets close themselves on the shutdown signal (1001, then a short drain).
+    sockets.close();
+    tokio::select! {
+        _ = sockets.wait() => {}
+        _ = &mut deadline => tracing::warn!(
+            open = sockets.len(),
+            "runner sockets still closing 5 s after shutdown; exiting anyway"
+        ),
     }
+    served
 }

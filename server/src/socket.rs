@@ -118,7 +118,8 @@ pub async fn connect(
     })?;
     let upgrade = hyper::upgrade::on(&mut req);
     let limits = s.settings.limits;
-    tokio::spawn(async move {
+    let sockets = s.sockets.clone();
+    sockets.spawn(async move {
         let io = match upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

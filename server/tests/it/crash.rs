@@ -308,6 +308,19 @@ async fn sigterm_closes_runner_sockets_with_1001_exits_cleanly_and_the_runner_re
     assert_eq!(st, 201, "{t}");
     let a = runner.next_assignment(5).await;
     runner.progress(&a, 50, "half way").await;
+    // More idle runners: every one of them must get its close frame before the process exits
+    // (without waiting for the sockets, some saw a reset instead).
+    let mut idle = Vec::new();
+    for i in 0..16 {
+        let (_, v) = call(
+            reqwest::Method::POST,
+            format!("{base}/api/v1/runners"),
+            &key,
+            Some(json!({"name": format!("idle-{i}")})),
+        )
+        .await;
+        idle.push(ProtoRunner::connect(addr, v["token"].as_str().unwrap(), 1, &[]).await);
+    }
 
     let t0 = std::time::Instant::now();
     let pid = child.0.id().to_string();
@@ -325,6 +338,17 @@ async fn sigterm_closes_runner_sockets_with_1001_exits_cleanly_and_the_runner_re
         }
     };
     assert_eq!(code, dap_protocol::close_code::GOING_AWAY);
+    drop(runner);
+    for mut r in idle {
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(10), r.ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("an idle runner got no close frame: {other:?}"),
+            }
+        };
+        assert_eq!(code, dap_protocol::close_code::GOING_AWAY);
+    }
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
