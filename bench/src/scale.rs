@@ -259,6 +259,30 @@ async fn metric(server: &ServerProcess, name: &str) -> Result<f64, String> {
     gauge(&text, name).ok_or_else(|| format!("no {name} in /metrics"))
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_s()))
+        .ok_or_else(|| format!("unreadable /proc/{pid}/stat"))
+}
+
+/// utime + stime in clock ticks; the fields after the command name, which may contain spaces.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3 of the whole line, utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `USER_HZ`: 100 on every Linux this runs on (the kernel ABI fixes it for `/proc`).
+fn clock_ticks_per_s() -> f64 {
+    100.0
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -603,6 +627,8 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
     // Let the `task.assigned` event reach everyone before the timed events start.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let server_cpu0 = cpu_time(server.pid())?;
+    let own_cpu0 = cpu_time(std::process::id())?;
     let mut sent = Vec::with_capacity(events);
     let mut next = tokio::time::Instant::now();
     for i in 0..events {
@@ -623,6 +649,7 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
     }
 
     let mut latencies = Vec::with_capacity(subs * events);
+    let mut per_event: Vec<Vec<f64>> = vec![Vec::with_capacity(subs); events];
     let mut missing = 0usize;
     for t in tasks {
         let seen = tokio::time::timeout(Duration::from_secs(30), t)
@@ -631,11 +658,17 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
             .map_err(|e| format!("subscriber: {e}"))?;
         for (i, at) in seen.into_iter().enumerate() {
             match at {
-                Some(at) => latencies.push(at.duration_since(sent[i]).as_secs_f64() * 1000.0),
+                Some(at) => {
+                    let ms = at.duration_since(sent[i]).as_secs_f64() * 1000.0;
+                    latencies.push(ms);
+                    per_event[i].push(ms);
+                }
                 None => missing += 1,
             }
         }
     }
+    let server_cpu = cpu_time(server.pid())? - server_cpu0;
+    let own_cpu = cpu_time(std::process::id())? - own_cpu0;
     let done = RunnerMessage::Completed(Completed {
         task_id: assignment.task_id.clone(),
         attempt: assignment.attempt,
@@ -649,6 +682,17 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
         ));
     }
     latencies.sort_by(f64::total_cmp);
+    if std::env::var_os("DAP_BENCH_VERBOSE").is_some() {
+        for (i, mut l) in per_event.into_iter().enumerate() {
+            l.sort_by(f64::total_cmp);
+            eprintln!(
+                "event {i}: first {:.1} p50 {:.1} last {:.1} ms",
+                l[0],
+                percentile(&l, 0.5),
+                l[l.len() - 1]
+            );
+        }
+    }
     println!("sse_fanout_subscribers: {subs} count");
     println!("sse_fanout_events: {events} count");
     println!("sse_fanout_p50: {:.2} ms", percentile(&latencies, 0.5));
@@ -656,6 +700,14 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
     println!(
         "sse_fanout_max: {:.2} ms",
         latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "sse_fanout_server_cpu_per_event: {:.2} ms",
+        server_cpu.as_secs_f64() * 1000.0 / events as f64
+    );
+    println!(
+        "sse_fanout_client_cpu_per_event: {:.2} ms",
+        own_cpu.as_secs_f64() * 1000.0 / events as f64
     );
     drop(server);
     drop(dir);
@@ -693,6 +745,13 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 51.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "42 (dap server) S 1 42 42 0 -1 4194560 500 0 0 0 170 30 0 0 20 0 9 0 1 2 3";
+        assert_eq!(parse_cpu_ticks(stat), Some(200));
+        assert!(cpu_time(std::process::id()).is_ok());
     }
 
     #[test]
