@@ -8,7 +8,9 @@
 #   DAP_BENCH_FETCH_BYTES (1073741824)  size of the op-100 CSV
 #   DAP_BENCH_RUNS (3)  timed runs per side for op 200 / op 100
 #   DAP_BENCH_ITERATIONS (2000)  sequential tasks for the latency figures (DAP and Celery)
-#   DAP_BENCH_SKIP  space-separated parts to leave out: noop filter fetch celery
+#   DAP_BENCH_CONNECTIONS (10000)  idle runner connections for `idle`
+#   DAP_BENCH_SUBSCRIBERS (1000)  SSE subscribers for `fanout`
+#   DAP_BENCH_SKIP  space-separated parts to leave out: noop filter fetch idle fanout celery
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE/.."
@@ -29,6 +31,13 @@ run() { echo "== $*" >&2; "$@" | tee -a "$OUT"; }
 skip noop || run "$BENCH" --iterations "${DAP_BENCH_ITERATIONS:-2000}"
 skip filter || run "$BENCH" filter-vs-pandas
 skip fetch || run "$BENCH" fetch-schema
+# 10,000 sockets on each side (the server and dap-bench are separate processes): raise the
+# open-files limit as far as the hard limit allows (capped at 65536).
+HARD="$(ulimit -Hn)"
+[[ "$HARD" == unlimited ]] && HARD=65536
+ulimit -n "$(( HARD < 65536 ? HARD : 65536 ))"
+skip idle || run "$BENCH" idle-connections
+skip fanout || run "$BENCH" sse-fanout
 skip celery || run "$HERE/celery/run.sh"
 
 value() { sed -n -E "s/^$1: ([^ ]+) .*/\\1/p" "$OUT" | tail -1; }

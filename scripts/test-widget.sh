@@ -73,12 +73,17 @@ curl -fs "$DAP/healthz" >/dev/null || { echo "dap-server did not start" >&2; exi
 RUNNER_TOKEN=$(curl -fs -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
   -d '{"name":"w"}' "$DAP/api/v1/runners" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).token))')
 
+# A file whose row count takes a moment, so the live bar shows intermediate progress.
+BIG_ROWS=1500000
+awk -v n="$BIG_ROWS" 'BEGIN { print "id,region,amount"; for (i = 0; i < n; i++) printf "%d,r%d,%d.5\n", i, i % 17, i % 9973 }' >"$TMP/big.csv"
+
 echo "== end-to-end test (headless Chromium, dap-server on :$DAP_PORT, page on :$PAGE_PORT)"
 # The e2e test starts the host backend and the runner itself (it creates the task first, then
 # brings the runner online, so the widget sees the task live) and stops them when it ends.
 (cd web-widget && DAP_SERVER="$DAP" DAP_API_KEY="$KEY" PAGE_PORT="$PAGE_PORT" \
   DAP_RUNNER_BIN="$BIN/dap-runner" DAP_RUNNER_TOKEN="$RUNNER_TOKEN" \
-  DAP_DATASET="$ROOT/runner/examples/data/sales.csv" E2E_TMP="$TMP" \
+  DAP_DATASET="$ROOT/runner/examples/data/sales.csv" DAP_BIG_DATASET="$TMP/big.csv" \
+  DAP_BIG_ROWS="$BIG_ROWS" E2E_TMP="$TMP" \
   SCREENSHOT="$ROOT/web-widget/target/widget.png" CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" \
   node --test --test-timeout=120000 test/e2e/) &
 pids+=($!)

@@ -3,7 +3,9 @@
 //!
 //! Without a subcommand it runs the push-loop benchmarks ([`noop`]); `filter-vs-pandas` and
 //! `fetch-schema` time operations 200 and 100 through the real `dap-server` and `dap-runner`
-//! binaries ([`dap_bench::ops`]); `gen-data` only writes the benchmark CSV. It is not a test:
+//! binaries ([`dap_bench::ops`]); `idle-connections` and `sse-fanout` measure connections at
+//! scale on the release `dap-server` ([`dap_bench::scale`]); `gen-data` only writes the
+//! benchmark CSV. It is not a test:
 //! only the operation benchmarks check anything (DAP's answer against pandas').
 
 mod noop;
@@ -12,10 +14,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use dap_bench::{datagen, ops};
+use std::time::Duration;
+
+use dap_bench::{datagen, ops, scale};
 
 #[derive(Parser)]
-#[command(about = "DAP benchmarks: push loop, op 200 vs pandas, op 100 schema fetch")]
+#[command(
+    about = "DAP benchmarks: push loop, op 200 vs pandas, op 100 schema fetch, connections at scale"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -89,6 +95,40 @@ enum Cmd {
         #[command(flatten)]
         stack: StackArgs,
     },
+    /// Server RSS per idle runner connection (N registered runners that only answer pings),
+    /// and dispatch latency to one of them while all are connected.
+    IdleConnections {
+        /// Idle runner connections (each its own runner credential).
+        #[arg(long, env = "DAP_BENCH_CONNECTIONS", default_value_t = 10_000)]
+        connections: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds to let the connections settle (heartbeats) before reading the RSS.
+        #[arg(long, default_value_t = 10)]
+        settle_s: u64,
+        /// No-op tasks pushed to idle runners while all are connected.
+        #[arg(long, default_value_t = 20)]
+        probes: usize,
+        /// Directory holding the dap-server binary [default: dap-bench's own].
+        #[arg(long, env = "DAP_BENCH_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Latency of one progress event to many SSE subscribers (each with its own ticket).
+    SseFanout {
+        /// SSE subscribers.
+        #[arg(long, env = "DAP_BENCH_SUBSCRIBERS", default_value_t = 1000)]
+        subscribers: usize,
+        /// Progress events sent (each is timed at every subscriber).
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+        /// Milliseconds between two progress events.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Directory holding the dap-server binary [default: dap-bench's own].
+        #[arg(long, env = "DAP_BENCH_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+    },
     /// Only generate (or find) the benchmark CSV and print its path.
     GenData {
         /// Data rows (ignored with --bytes).
@@ -150,6 +190,36 @@ async fn main() -> ExitCode {
                 runs: stack.runs,
                 data_dir: data.data_dir,
                 bin_dir: bin_dir(&stack),
+            })
+            .await
+        }
+        Some(Cmd::IdleConnections {
+            connections,
+            concurrency,
+            settle_s,
+            probes,
+            bin_dir,
+        }) => {
+            scale::idle_connections(&scale::IdleArgs {
+                connections,
+                concurrency,
+                settle: Duration::from_secs(settle_s),
+                probes,
+                bin_dir: bin_dir.unwrap_or_else(dap_bench::stack::default_bin_dir),
+            })
+            .await
+        }
+        Some(Cmd::SseFanout {
+            subscribers,
+            events,
+            interval_ms,
+            bin_dir,
+        }) => {
+            scale::sse_fanout(&scale::FanoutArgs {
+                subscribers,
+                events,
+                interval: Duration::from_millis(interval_ms),
+                bin_dir: bin_dir.unwrap_or_else(dap_bench::stack::default_bin_dir),
             })
             .await
         }

@@ -52,14 +52,26 @@ impl Drop for ChildGuard {
 
 /// Peak resident set size of a live process in bytes (`VmHWM` in `/proc/<pid>/status`).
 pub fn peak_rss_bytes(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
-    parse_vm_hwm(&status).ok_or_else(|| format!("no VmHWM in /proc/{pid}/status"))
+    status_bytes(pid, "VmHWM")
 }
 
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let mut parts = line["VmHWM:".len()..].split_whitespace();
+/// Current resident set size of a live process in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    status_bytes(pid, "VmRSS")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
+    parse_status_kb(&status, field).ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// A `Field:  123 kB` line of `/proc/<pid>/status`, in bytes.
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let mut parts = line[field.len() + 1..].split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     match parts.next() {
         Some("kB") => Some(value * 1024),
@@ -67,7 +79,15 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     }
 }
 
-struct TempDir(PathBuf);
+/// A temp directory, removed on drop unless `DAP_BENCH_KEEP` is set.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::env::var_os("DAP_BENCH_KEEP").is_none() {
@@ -85,7 +105,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     // Field order is drop order: the runner goes first, then the server, then the directory.
     runner: ChildGuard,
-    _server: ChildGuard,
+    _server: ServerProcess,
     _dir: TempDir,
 }
 
@@ -122,11 +142,85 @@ fn run_admin(server_bin: &Path, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| format!("local addr: {e}"))
+}
+
+/// A `dap-server` child process on a free loopback port, and a client for it.
+pub struct ServerProcess {
+    pub base: String,
+    pub http: reqwest::Client,
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `server_bin serve` on `data_dir` (which the caller may have filled already) with
+    /// `extra_args`, and waits until `/healthz` answers.
+    pub async fn start(
+        server_bin: &Path,
+        data_dir: &Path,
+        extra_args: &[String],
+    ) -> Result<Self, String> {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let log = data_dir.join("server.log");
+        let mut child = ChildGuard {
+            name: "dap-server",
+            child: Command::new(server_bin)
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(extra_args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&log)?)
+                .spawn()
+                .map_err(|e| format!("starting dap-server: {e}"))?,
+        };
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        wait_for(Duration::from_secs(20), "dap-server /healthz", || {
+            let http = http.clone();
+            let url = format!("{base}/healthz");
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+        .and_then(|_| child.check_alive(&log))?;
+        Ok(Self {
+            base,
+            http,
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Fails when the server has exited (pointing at its log).
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        self.child.check_alive(&self.log)
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop (kept with `DAP_BENCH_KEEP=1`).
+pub fn temp_dir(tag: &str) -> Result<TempDir, String> {
+    let dir = std::env::temp_dir().join(format!("dap-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir {}: {e}", dir.display()))?;
+    Ok(TempDir(dir))
 }
 
 impl Stack {
@@ -143,10 +237,7 @@ impl Stack {
                 ));
             }
         }
-        let dir = std::env::temp_dir().join(format!("dap-bench-stack-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let dir = TempDir(dir);
+        let dir = temp_dir("stack")?;
         let data_dir = dir.0.to_string_lossy().into_owned();
 
         // Credentials the way an operator makes them (scripts/demo.sh does the same).
@@ -174,37 +265,9 @@ impl Stack {
                 &data_dir,
             ],
         )?;
-
-        let port = free_port()?;
-        let base = format!("http://127.0.0.1:{port}");
-        let server_log = dir.0.join("server.log");
-        let mut server = ChildGuard {
-            name: "dap-server",
-            child: Command::new(&server_bin)
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-                .args(["--data-dir", &data_dir])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file(&server_log)?)
-                .spawn()
-                .map_err(|e| format!("starting dap-server: {e}"))?,
-        };
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        wait_for(Duration::from_secs(20), "dap-server /healthz", || {
-            let http = http.clone();
-            let url = format!("{base}/healthz");
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
-        .and_then(|_| server.check_alive(&server_log))?;
+        let server = ServerProcess::start(&server_bin, &dir.0, &[]).await?;
+        let base = server.base.clone();
+        let http = server.http.clone();
 
         let runner_log = dir.0.join("runner.log");
         let mut cmd = Command::new(&runner_bin);
@@ -343,7 +406,7 @@ fn log_file(path: &Path) -> Result<std::fs::File, String> {
     std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<(), String>
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -365,9 +428,11 @@ mod tests {
     #[test]
     fn vm_hwm_is_read_in_bytes() {
         let status = "Name:\tdap-runner\nVmPeak:\t  900 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(51234 * 1024));
-        assert_eq!(parse_vm_hwm("VmRSS:\t 100 kB\n"), None);
-        assert_eq!(parse_vm_hwm("VmHWM:\t 100 MB\n"), None);
+        assert_eq!(parse_status_kb(status, "VmHWM"), Some(51234 * 1024));
+        assert_eq!(parse_status_kb(status, "VmRSS"), Some(100 * 1024));
+        assert_eq!(parse_status_kb("VmRSS:\t 100 kB\n", "VmHWM"), None);
+        assert_eq!(parse_status_kb("VmHWM:\t 100 MB\n", "VmHWM"), None);
+        assert_eq!(parse_status_kb("VmRSSX:\t 100 kB\n", "VmRSS"), None);
     }
 
     #[test]

@@ -47,6 +47,11 @@ const MAX_SLOTS: u32 = 1024;
 /// so that our close frame is not lost to a reset, and how much of it at most.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
 const DRAIN_MAX_BYTES: u64 = 64 << 20;
+/// tungstenite's read buffer per socket. Its default (128 KiB) is zero-filled on the first
+/// read, so every idle runner cost ~136 KiB of resident memory. Runner messages are small
+/// (progress, results are usually well under 4 KiB); a larger one is still read whole: the
+/// buffer grows to the frame's length (up to the message cap), read 4 KiB per call.
+const READ_BUFFER_BYTES: usize = 4 << 10;
 
 /// A runner authenticated by its socket JWT (checked before the upgrade).
 pub struct RunnerAuth(pub String);
@@ -128,6 +133,7 @@ pub async fn connect(
             }
         };
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(limits.runner_max_message_bytes))
             .max_frame_size(Some(limits.runner_max_message_bytes));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;

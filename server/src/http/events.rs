@@ -4,18 +4,26 @@
 //! goes live and skips any id it already sent, so a reconnecting client sees every event once,
 //! in order, without gaps. A subscriber that lags behind the bus falls back to the log.
 //! It never writes events; the store writer does.
+//!
+//! The stream is written here rather than with axum's `Sse`, which formats every event once per
+//! subscriber: a live event is encoded into its SSE frame once, by the first stream that sends
+//! it, and every other stream sends the same bytes (see [`crate::events::Published`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -25,6 +33,7 @@ use super::extract::{bearer, ApiQuery, Caller};
 use super::openapi::ErrorBody;
 use crate::auth::jwt::SSE_TICKET_TTL_S;
 use crate::auth::{AuthError, TokenKind};
+use crate::events::Published;
 use crate::limits::ConnectionGuard;
 use crate::store::{Event, Scope, Store};
 use crate::AppState;
@@ -37,7 +46,9 @@ pub fn router() -> Router<AppState> {
 
 /// Events read from the log per replay query.
 const REPLAY_PAGE: u32 = 1000;
+/// A comment line is sent this often, so proxies and browsers see the stream is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -123,13 +134,7 @@ async fn authorize(s: &AppState, parts: &Parts, q: &EventsQuery) -> Result<FeedA
 async fn events(
     State(s): State<AppState>,
     req: axum::extract::Request,
-) -> Result<
-    (
-        [(&'static str, &'static str); 1],
-        Sse<impl Stream<Item = Result<SseEvent, Infallible>>>,
-    ),
-    ApiError,
-> {
+) -> Result<Response, ApiError> {
     let (mut parts, _) = req.into_parts();
     let ApiQuery(q) = ApiQuery::<EventsQuery>::from_request_parts(&mut parts, &s).await?;
     let access = authorize(&s, &parts, &q).await?;
@@ -175,6 +180,7 @@ async fn events(
         Some(id) => (id, true),
         None => (s.store.last_event_id().await?, false),
     };
+    let mut shutdown = s.shutdown.clone();
     let feed = Feed {
         store: s.store.clone(),
         rx,
@@ -182,55 +188,95 @@ async fn events(
         last_sent: start,
         replaying,
         buf: VecDeque::new(),
-        shutdown: s.shutdown.clone(),
+        shutdown: Box::pin(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        }),
+        keep_alive: keep_alive_timer(),
         _slot: slot,
     };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
-        let e = f.next().await?;
-        Some((Ok(to_sse(&e)), f))
+        let frame = f.next_frame().await?;
+        Some((Ok::<_, Infallible>(frame), f))
     });
-    // Tells nginx (and proxies that honour it) not to buffer the stream.
     Ok((
-        [("x-accel-buffering", "no")],
-        Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")),
-    ))
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Tells nginx (and proxies that honour it) not to buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
-fn to_sse(e: &Event) -> SseEvent {
-    // The stored payload is a JSON object; put the id in it too for clients that ignore `id:`.
+fn keep_alive_timer() -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// The SSE frame of an event: `id`, `event` and the JSON `data`, which repeats the id for
+/// clients that ignore `id:`. The same for every subscriber, so live events are encoded once.
+fn encode(e: &Event) -> Bytes {
+    let mut out = String::with_capacity(e.json.len() + e.kind.as_str().len() + 48);
+    let _ = write!(out, "id: {}\nevent: {}\n", e.id, e.kind.as_str());
+    // The stored payload is a JSON object; put the id in it too.
     let data = match e.json.strip_prefix('{') {
         Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"id\":{}}}", e.id),
         Some(rest) => format!("{{\"id\":{},{rest}", e.id),
         None => e.json.clone(),
     };
-    SseEvent::default()
-        .id(e.id.to_string())
-        .event(e.kind.as_str())
-        .data(data)
+    // Compact JSON has no raw line breaks; should one appear, each line is its own `data:`
+    // field, which SSE clients join with a newline again.
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// What a feed sends next.
+enum Next {
+    Event(Arc<Published>),
+    KeepAlive,
 }
 
 struct Feed {
     store: Store,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     task_filter: Option<String>,
     last_sent: i64,
     replaying: bool,
-    buf: VecDeque<Arc<Event>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    buf: VecDeque<Arc<Published>>,
+    /// Resolves when the server shuts down; made once per stream, not once per event.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    keep_alive: tokio::time::Interval,
     /// The ticket's place among its concurrent streams, given back when the stream ends.
     _slot: Option<ConnectionGuard>,
 }
 
 impl Feed {
-    /// The next event to send, or `None` when the feed is over (bus closed, store failing).
-    async fn next(&mut self) -> Option<Arc<Event>> {
+    /// The bytes to send next, or `None` when the feed is over.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        match self.next().await? {
+            Next::Event(p) => Some(p.encoded(encode)),
+            Next::KeepAlive => Some(Bytes::from_static(KEEP_ALIVE_FRAME)),
+        }
+    }
+
+    /// The next event or keep-alive to send, or `None` when the feed is over (bus closed,
+    /// store failing, server shutting down).
+    async fn next(&mut self) -> Option<Next> {
         loop {
-            if let Some(e) = self.buf.pop_front() {
-                if e.id <= self.last_sent {
+            if let Some(p) = self.buf.pop_front() {
+                if p.event.id <= self.last_sent {
                     continue;
                 }
-                self.last_sent = e.id;
-                return Some(e);
+                self.last_sent = p.event.id;
+                return Some(Next::Event(p));
             }
             if self.replaying {
                 let page = match self
@@ -247,22 +293,24 @@ impl Feed {
                 if page.is_empty() {
                     self.replaying = false;
                 } else {
-                    self.buf.extend(page.into_iter().map(Arc::new));
+                    self.buf
+                        .extend(page.into_iter().map(|e| Arc::new(Published::new(e))));
                 }
                 continue;
             }
             let received = tokio::select! {
                 r = self.rx.recv() => r,
-                _ = async { let _ = self.shutdown.wait_for(|v| *v).await; } => return None,
+                _ = self.keep_alive.tick() => return Some(Next::KeepAlive),
+                _ = &mut self.shutdown => return None,
             };
             match received {
-                Ok(e) => {
+                Ok(p) => {
                     let wanted = match &self.task_filter {
-                        Some(t) => e.task_id.as_deref() == Some(t.as_str()),
+                        Some(t) => p.event.task_id.as_deref() == Some(t.as_str()),
                         None => true,
                     };
                     if wanted {
-                        self.buf.push_back(e);
+                        self.buf.push_back(p);
                     }
                 }
                 // Fell behind the bus: the log has everything, read it from where we are.

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -283,4 +284,152 @@ async fn an_assignment_right_after_an_ack_is_not_held_back_by_nagle() {
         median < Duration::from_millis(25),
         "median {median:?}: {waits:?}"
     );
+}
+
+/// The raw body of an SSE stream (chunked framing removed) until a `task.completed` frame.
+async fn raw_sse_until_completed(url: &str, key: &str, last_event_id: Option<i64>) -> String {
+    let mut req = reqwest::Client::new().get(url).bearer_auth(key);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(at) = text.find("event: task.completed\n") {
+            if text[at..].contains("\n\n") {
+                let end = at + text[at..].find("\n\n").unwrap() + 2;
+                text.truncate(end);
+                return text;
+            }
+        }
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(std::str::from_utf8(&chunk).unwrap()),
+            other => panic!(
+                "SSE ended early: {:?}; got {text:?}",
+                other.map(|o| o.is_some())
+            ),
+        }
+    }
+}
+
+/// Frames of an SSE body, keep-alive comments left out.
+fn frames(body: &str) -> Vec<&str> {
+    body.split_inclusive("\n\n")
+        .filter(|f| !f.starts_with(':'))
+        .collect()
+}
+
+fn frame_id(frame: &str) -> i64 {
+    frame
+        .strip_prefix("id: ")
+        .and_then(|r| r.split('\n').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("frame without id: {frame:?}"))
+}
+
+/// A live event is encoded once and the same bytes go to every stream: every subscriber must
+/// still receive byte-identical frames, in id order, in the documented format; a task-filtered
+/// stream gets exactly that task's frames, and a stream resumed from the log the same bytes.
+#[tokio::test]
+async fn every_subscriber_receives_identical_event_bytes_in_order() {
+    let srv = TestServer::start().await;
+    let (_, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    // An earlier task, so the filtered stream has something to leave out.
+    let (st, v) = srv.create_task(json!({ "operation_code": 1 })).await;
+    assert_eq!(st, 201, "{v}");
+    let a = runner.next_assignment(5).await;
+    runner.complete(&a, json!({ "first": true })).await;
+    srv.wait_status(&a.task_id, "completed", 5).await;
+    let before = srv.state.store.last_event_id().await.unwrap();
+
+    // All start from `before` (a late `runner.idle` of the first task may land on either side
+    // of a subscription); what comes after the subscription is live.
+    let all = srv.url("/api/v1/events");
+    let live: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(raw_sse_until_completed_owned(
+                all.clone(),
+                srv.read_key.clone(),
+                Some(before),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, v) = srv.create_task(json!({ "operation_code": 1 })).await;
+    assert_eq!(st, 201, "{v}");
+    let task_id = v["task_id"].as_str().unwrap().to_owned();
+    // The task's id is known only now: this stream replays its first events from the log.
+    let filtered = tokio::spawn(raw_sse_until_completed_owned(
+        srv.url(&format!("/api/v1/events?task_id={task_id}")),
+        srv.read_key.clone(),
+        Some(before),
+    ));
+    let a = runner.next_assignment(5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in 1..=20u8 {
+        runner
+            .progress(&a, p * 4, &format!("step \"{p}\"\u{e9}"))
+            .await;
+    }
+    runner.complete(&a, json!({ "second": true })).await;
+
+    let mut bodies = Vec::new();
+    for h in live {
+        bodies.push(h.await.unwrap());
+    }
+    for b in &bodies[1..] {
+        assert_eq!(b, &bodies[0], "every live subscriber gets the same bytes");
+    }
+    let live_frames = frames(&bodies[0]);
+    assert!(live_frames.len() >= 23, "{live_frames:?}");
+    let ids: Vec<i64> = live_frames.iter().map(|f| frame_id(f)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    for f in &live_frames {
+        let mut lines = f.lines();
+        let id = frame_id(f);
+        assert_eq!(lines.next(), Some(format!("id: {id}").as_str()));
+        assert!(lines.next().unwrap().starts_with("event: "), "{f:?}");
+        let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["id"], id, "data repeats the id");
+        assert_eq!(lines.next(), Some(""), "one data line, then the blank line");
+    }
+    let progress: Vec<&&str> = live_frames
+        .iter()
+        .filter(|f| f.contains("event: task.progress\n"))
+        .collect();
+    assert_eq!(progress.len(), 20);
+
+    // Filtered and resumed from the log: this task's frames only, byte for byte the live ones.
+    let filtered = filtered.await.unwrap();
+    let log = srv
+        .state
+        .store
+        .events_after(before, Some(&task_id), 10_000)
+        .await
+        .unwrap();
+    let mine: Vec<&str> = live_frames
+        .iter()
+        .copied()
+        .filter(|f| log.iter().any(|e| e.id == frame_id(f)))
+        .collect();
+    assert!(mine.len() >= 22, "{mine:?}");
+    assert_eq!(frames(&filtered), mine);
+    let resumed = raw_sse_until_completed(&all, &srv.read_key, Some(before)).await;
+    assert_eq!(
+        frames(&resumed),
+        live_frames,
+        "the log replays the same bytes"
+    );
+    drop(runner.ws.close(None).await);
+}
+
+async fn raw_sse_until_completed_owned(url: String, key: String, last: Option<i64>) -> String {
+    raw_sse_until_completed(&url, &key, last).await
 }

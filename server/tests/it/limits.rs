@@ -97,6 +97,44 @@ async fn an_oversized_message_is_closed_with_1009_and_others_keep_working() {
     assert_eq!(close_code_of(&mut ws, 10).await, close_code::TOO_BIG);
 }
 
+/// The server reads runner sockets through a small buffer (4 KiB, so idle runners cost little
+/// memory): a result close to the 1 MiB cap must still arrive whole and intact, between small
+/// messages on the same socket, and the socket must keep working after it.
+#[tokio::test]
+async fn a_result_near_the_message_cap_arrives_whole_through_the_small_read_buffer() {
+    let srv = TestServer::start().await;
+    let (_, cred) = srv.enrol("big-result").await;
+    let mut r = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    // Not one repeated byte: a misplaced or lost 4 KiB chunk would change the text.
+    let blob: String = (0..(1 << 20) - 4096)
+        .map(|i: usize| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    for round in 0..2 {
+        let (st, v) = srv
+            .create_task(json!({"operation_code": 1, "runner_id": r.runner_id}))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let a = r.next_assignment(5).await;
+        r.progress(&a, 10, "small before").await;
+        r.complete(&a, json!({ "round": round, "blob": blob }))
+            .await;
+        r.wait_ack(&a.task_id, a.attempt, 10).await;
+        let (st, v) = srv
+            .get(
+                &format!("/api/v1/tasks/{}/result", a.task_id),
+                &srv.read_key,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["result_data"]["round"], round);
+        assert!(
+            v["result_data"]["blob"].as_str() == Some(blob.as_str()),
+            "round {round}: the large result was not stored intact"
+        );
+    }
+    still_open(&mut r.ws).await;
+}
+
 #[tokio::test]
 async fn a_message_flood_is_closed_with_1008_and_others_keep_working() {
     // Defaults: 100 messages/s sustained, bursts of 200.
