@@ -109,9 +109,22 @@ impl TestDb {
                     .connect()
                     .await
                     .expect("connect to DAP_TEST_POSTGRES_URL");
-                sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+                // An ICU en-US collation where the server has ICU: it sorts "B" after "a",
+                // unlike SQLite, so a query whose order depends on the database's locale fails
+                // here rather than in a deployment.
+                let icu = format!(
+                    "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu \
+                     ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                );
+                if sqlx::Executor::execute(&mut admin, icu.as_str())
                     .await
-                    .unwrap();
+                    .is_err()
+                {
+                    let plain = format!("CREATE DATABASE {name}");
+                    sqlx::Executor::execute(&mut admin, plain.as_str())
+                        .await
+                        .unwrap();
+                }
                 let url = opts.database(&name).to_url_lossy().to_string();
                 Self {
                     backend,
