@@ -13,13 +13,14 @@
 # postmaster.pid). Needs PostgreSQL's server binaries (Debian: `apt-get install postgresql`).
 set -euo pipefail
 
+# `return 0`, never a bare `return`: in the EXIT trap a bare one returns the status that fired it.
 pg_bin() {
   local d
-  if [[ -n "${PG_BIN:-}" ]]; then echo "$PG_BIN"; return; fi
+  if [[ -n "${PG_BIN:-}" ]]; then echo "$PG_BIN"; return 0; fi
   for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-    [[ -x "$d/initdb" ]] && { echo "$d"; return; }
+    [[ -x "$d/initdb" ]] && { echo "$d"; return 0; }
   done
-  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return; }
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
   echo "error: PostgreSQL server binaries not found (apt-get install postgresql, or set PG_BIN)" >&2
   return 1
 }
