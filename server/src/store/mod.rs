@@ -59,6 +59,24 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the connection to the database failed (which fails any operation alike), as
+    /// opposed to one statement being refused.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 /// Which database a store (or a URL) is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

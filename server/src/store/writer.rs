@@ -206,6 +206,19 @@ pub(super) async fn commit_batch<C: WriteConn>(
                 let _ = p.reply.send(Ok(o));
             }
         }
+        Err(e) if e.is_connection_failure() => {
+            // The database is unreachable, not one op at fault: each op would fail alike, and
+            // one by one each would wait out the connection timeout. Fail them all now; the
+            // next batch opens a new connection.
+            tracing::warn!(error = %e, size = batch.len(), "batch failed: database unreachable");
+            let cause = e.to_string();
+            for p in batch.drain(..) {
+                let err = std::io::Error::other(cause.clone());
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::Database(sqlx::Error::Io(err))));
+            }
+        }
         Err(e) => {
             // One op failed (or the commit did): the batch was rolled back. Apply each op in
             // its own transaction so one bad request does not fail its neighbours.

@@ -1103,3 +1103,34 @@ async fn an_unsupported_url_is_refused_without_echoing_it() {
     );
     assert_eq!(Backend::of_url("sqlite::memory:").unwrap(), Backend::Sqlite);
 }
+
+/// PostgreSQL only (SQLite has no connection to lose): when the server ends the store's
+/// sessions (a restart, a failover, an administrator), the next writes and reads open new
+/// connections instead of failing for good.
+#[tokio::test]
+async fn postgres_store_reconnects_after_its_connections_are_killed() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let f = Fixture::new(Backend::Postgres).await;
+    let before = task_id();
+    create(&f.store, new_task(&before, json!({}))).await;
+    {
+        use sqlx::ConnectOptions;
+        let opts: sqlx::postgres::PgConnectOptions = f.db.url.parse().unwrap();
+        let mut admin = opts.connect().await.unwrap();
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(killed.len() >= 2, "the writer's and a reader's sessions");
+    }
+    let after = task_id();
+    create(&f.store, new_task(&after, json!({}))).await;
+    assert!(f.store.get_task(&before).await.unwrap().is_some());
+    assert!(f.store.get_task(&after).await.unwrap().is_some());
+    assert_eq!(f.store.events_after(0, None, 10).await.unwrap().len(), 2);
+}
