@@ -48,6 +48,10 @@ pub struct NoopArgs {
     /// Runner counts for the throughput runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub runners: Vec<usize>,
+    /// Database of the in-process server (e.g. `postgres://…`, an empty database); by default
+    /// SQLite in a temp dir.
+    #[arg(long, env = "DAP_BENCH_DATABASE")]
+    pub database: Option<String>,
 }
 
 #[derive(Args)]

@@ -1,7 +1,8 @@
 //! The push-loop benchmarks (`dap-bench` without a subcommand): dispatch latency, no-op round
 //! trip and durable throughput on loopback.
 //!
-//! It starts a real `dap-server` in-process (SQLite in a temp dir, WAL) and protocol-level
+//! It starts a real `dap-server` in-process (SQLite in a temp dir, WAL, or the database of
+//! `--database`/`DAP_BENCH_DATABASE`, e.g. PostgreSQL) and protocol-level
 //! runners that speak the real WebSocket protocol and complete the diagnostic no-op
 //! (operation 1) as soon as it arrives, so what is measured is the platform (HTTP, auth cache,
 //! dispatcher, durable commits, socket push, SSE), not an analysis. It is not a test: it
@@ -48,11 +49,14 @@ impl Drop for TempDir {
     }
 }
 
-async fn start_server() -> Bench {
+async fn start_server(database: Option<&str>) -> Bench {
     let dir = std::env::temp_dir().join(format!("dap-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut config = ServeConfig::for_dir(&dir);
+    if let Some(url) = database {
+        config.database_url = url.to_owned();
+    }
     // Each bench runner completes thousands of no-ops a second: no per-connection rate limit.
     config.limits.runner_rate_per_s = 0;
     let state = build_state(&config).await.expect("server state");
@@ -295,7 +299,11 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
     let elapsed = start.elapsed().as_secs_f64();
     let done = b.completed().await - before;
     println!(
-        "durable_throughput_sqlite_{runners}_runners: {:.0} tasks/s",
+        "durable_throughput_{}_{runners}_runners: {:.0} tasks/s",
+        match b.state.store.backend() {
+            dap_server::store::Backend::Sqlite => "sqlite",
+            dap_server::store::Backend::Postgres => "postgres",
+        },
         done as f64 / elapsed
     );
     // Disconnect these runners so the next run starts clean.
@@ -307,7 +315,7 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
 
 /// Run the latency figures, then one throughput run per runner count.
 pub async fn run(args: &NoopArgs) {
-    let b = Arc::new(start_server().await);
+    let b = Arc::new(start_server(args.database.as_deref()).await);
     latency(&b, args.iterations).await;
     for &n in &args.runners {
         throughput(&b, n, args.slots, args.clients, args.seconds).await;

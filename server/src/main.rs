@@ -23,7 +23,10 @@ async fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("DAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's notices (e.g. "relation _sqlx_migrations already exists, skipping" at every
+    // start) are not news.
+    let filter = EnvFilter::try_from_env("DAP_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,27 +1,45 @@
-//! Durable state: tasks, runners, API keys and the event log, in SQLite via sqlx.
+//! Durable state: tasks, runners, API keys and the event log, in SQLite or PostgreSQL via sqlx.
 //!
 //! Reads go through a small connection pool; hot-path writes go through the single batching
 //! [`Writer`] (group commit), and rare administrative writes (keys, enrolments) go straight to the
-//! pool and rely on SQLite's busy timeout. The store knows nothing about HTTP, WebSockets or
-//! which runner is connected: callers pass ids and it enforces only the conditions written in
-//! its SQL (status, runner, attempt).
+//! pool. Both backends run the same SQL, written once with SQLite's `?` placeholders and
+//! renumbered for PostgreSQL (`sql.rs`); what is backend-specific (connection options, how the
+//! writer runs) lives in `sqlite.rs` and `postgres.rs`. The store knows nothing about HTTP,
+//! WebSockets or which runner is connected: callers pass ids and it enforces only the conditions
+//! written in its SQL (status, runner, attempt).
+
+/// Runs the same sqlx code on whichever pool the store has. In `$body`, `$pool` is that pool and
+/// `$sql` a function turning statement text with `?` placeholders into the backend's dialect
+/// (`sql("… WHERE id = ?")` is `… WHERE id = $1` on PostgreSQL).
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => {
+                let $sql: fn(&str) -> std::borrow::Cow<'_, str> = $crate::store::sql::as_is;
+                $body
+            }
+            $crate::store::Db::Postgres($pool) => {
+                let $sql: fn(&str) -> std::borrow::Cow<'_, str> = $crate::store::sql::pg;
+                $body
+            }
+        }
+    };
+}
 
 pub mod model;
+mod postgres;
+mod sql;
+mod sqlite;
 pub mod webhooks;
 pub mod writer;
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::events::EventBus;
 pub use model::*;
+use sql::DbRow;
 pub use writer::{CancelOutcome, Outcome, WriteOp, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +50,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    /// Carries the URL's scheme only: the rest may hold a password.
+    #[error("unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     #[error("the store writer has stopped")]
     WriterGone,
@@ -40,10 +59,56 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the connection to the database failed (which fails any operation alike), as
+    /// opposed to one statement being refused.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
+/// Which database a store (or a URL) is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite:…` → SQLite, `postgres://…` / `postgresql://…` → PostgreSQL.
+    pub fn of_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            let scheme = url.split_once(':').map_or("", |(s, _)| s);
+            Err(StoreError::UnsupportedUrl(scheme.to_owned()))
+        }
+    }
+}
+
+/// The read pool of one backend.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
     writer: Writer,
     outbox: Outbox,
 }
@@ -73,65 +138,88 @@ impl Outbox {
     }
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Read connections of a PostgreSQL store (the writer has its own).
+const PG_READ_CONNECTIONS: u32 = 8;
 
 impl Store {
-    /// Opens (creating if missing) the database at `url`, applies migrations and starts the
-    /// writer, which publishes committed events on `bus`.
+    /// Opens the database at `url` (a SQLite file is created if missing), applies migrations
+    /// and starts the writer, which publishes committed events on `bus`. On PostgreSQL the
+    /// writer is a task of the current tokio runtime.
     ///
     /// SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives a crash of the
     /// process (kill -9) but the last commits before an OS crash or power loss may be lost.
     /// Set `DAP_SQLITE_SYNCHRONOUS=FULL` to trade throughput for power-loss durability.
+    /// PostgreSQL's durability is the server's own (`synchronous_commit`, `fsync`).
     pub async fn open(url: &str, bus: EventBus) -> Result<Self, StoreError> {
-        let pool_opts = Self::connect_options(url)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(pool_opts.clone())
-            .await?;
-        MIGRATOR.run(&pool).await?;
         let outbox = Outbox::default();
-        let writer = Writer::spawn(
-            pool_opts.get_filename(),
-            synchronous_full(),
-            bus,
-            outbox.clone(),
-        )?;
-        let store = Self {
-            pool,
-            writer,
-            outbox,
+        let (db, writer) = match Backend::of_url(url)? {
+            Backend::Sqlite => {
+                let opts = sqlite::connect_options(url)?;
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .min_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                let writer = sqlite::spawn_writer(
+                    opts.get_filename(),
+                    sqlite::synchronous_full(),
+                    bus,
+                    outbox.clone(),
+                )?;
+                (Db::Sqlite(pool), writer)
+            }
+            Backend::Postgres => {
+                let opts = postgres::connect_options(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(PG_READ_CONNECTIONS)
+                    .connect_with(opts.clone())
+                    .await?;
+                POSTGRES_MIGRATOR.run(&pool).await?;
+                let writer_pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await?;
+                let writer = postgres::spawn_writer(writer_pool, bus, outbox.clone());
+                (Db::Postgres(pool), writer)
+            }
         };
+        let store = Self { db, writer, outbox };
         store.refresh_subscriptions().await?;
         Ok(store)
     }
 
-    /// Applies migrations only (the `migrate` subcommand).
+    /// Applies migrations only (the `migrate` subcommand). Running it again changes nothing.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(Self::connect_options(url)?)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        pool.close().await;
+        match Backend::of_url(url)? {
+            Backend::Sqlite => {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(sqlite::connect_options(url)?)
+                    .await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(postgres::connect_options(url)?)
+                    .await?;
+                POSTGRES_MIGRATOR.run(&pool).await?;
+                pool.close().await;
+            }
+        }
         Ok(())
     }
 
-    fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
         }
-        let sync = if synchronous_full() {
-            SqliteSynchronous::Full
-        } else {
-            SqliteSynchronous::Normal
-        };
-        Ok(SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true))
     }
 
     pub fn writer(&self) -> &Writer {
@@ -142,11 +230,6 @@ impl Store {
         &self.outbox
     }
 
-    /// The connection pool, for the store's submodules (webhooks).
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     pub async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
         self.writer.submit(op).await
     }
@@ -155,46 +238,47 @@ impl Store {
     /// attempt)` for every `assigned`/`running` task. At start-up the dispatcher gives each
     /// runner its grace period to reconnect and resume them.
     pub async fn in_flight_tasks(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, runner_id, attempt FROM tasks WHERE status IN ('assigned', 'running') \
-             AND runner_id IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? as u32)))
-            .collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(
+                "SELECT id, runner_id, attempt FROM tasks WHERE status IN ('assigned', 'running') \
+                 AND runner_id IS NOT NULL ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)? as u32)))
+                .collect()
+        })
     }
 
     /// In-flight attempts that have a timeout: `(task_id, attempt, assigned_at ms, timeout_s)`.
     /// At start-up the dispatcher re-arms their timers with the time they have left.
     pub async fn timed_in_flight(&self) -> Result<Vec<(String, u32, i64, u32)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, attempt, COALESCE(assigned_at, updated_at), timeout_s FROM tasks \
-             WHERE status IN ('assigned', 'running') AND timeout_s IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get::<i64, _>(1)? as u32,
-                    r.try_get(2)?,
-                    r.try_get::<i64, _>(3)? as u32,
-                ))
-            })
-            .collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(
+                "SELECT id, attempt, COALESCE(assigned_at, updated_at), timeout_s FROM tasks \
+                 WHERE status IN ('assigned', 'running') AND timeout_s IS NOT NULL ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.text(0)?, r.int(1)? as u32, r.int(2)?, r.int(3)? as u32)))
+                .collect()
+        })
     }
 
     // ---- tasks ----
 
     pub async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
+        on_pool!(&self.db, |pool, sql| {
+            let row = sqlx::query(&sql(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"
+            )))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
-        row.map(|r| task_from_row(&r)).transpose()
+            row.map(|r| task_from_row(&r)).transpose()
+        })
     }
 
     /// Tasks matching `filter`, newest first, and the total count of matches.
@@ -206,47 +290,54 @@ impl Store {
         if filter.runner_id.is_some() {
             cond.push_str(" AND runner_id = ?");
         }
-        let sql =
+        let list =
             format!("SELECT {TASK_COLUMNS} FROM tasks{cond} ORDER BY id DESC LIMIT ? OFFSET ?");
-        let count_sql = format!("SELECT COUNT(*) FROM tasks{cond}");
-        let mut q = sqlx::query(&sql);
-        let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
-        if let Some(s) = filter.status {
-            q = q.bind(s.as_str());
-            cq = cq.bind(s.as_str());
-        }
-        if let Some(r) = &filter.runner_id {
-            q = q.bind(r);
-            cq = cq.bind(r);
-        }
-        let rows = q
-            .bind(filter.limit as i64)
-            .bind(filter.offset as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        let total = cq.fetch_one(&self.pool).await?;
-        let tasks = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
-        Ok((tasks, total as u64))
+        let count = format!("SELECT COUNT(*) FROM tasks{cond}");
+        on_pool!(&self.db, |pool, sql| {
+            let (list, count) = (sql(&list), sql(&count));
+            let mut q = sqlx::query(&list);
+            let mut cq = sqlx::query_scalar::<_, i64>(&count);
+            if let Some(s) = filter.status {
+                q = q.bind(s.as_str());
+                cq = cq.bind(s.as_str());
+            }
+            if let Some(r) = &filter.runner_id {
+                q = q.bind(r);
+                cq = cq.bind(r);
+            }
+            let rows = q
+                .bind(filter.limit as i64)
+                .bind(filter.offset as i64)
+                .fetch_all(pool)
+                .await?;
+            let total = cq.fetch_one(pool).await?;
+            let tasks = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
+            Ok((tasks, total as u64))
+        })
     }
 
     /// Number of tasks in each status (statuses with none are absent). One pass over the
     /// `tasks_by_status` index; the metrics endpoint calls it once per scrape.
     pub async fn count_tasks_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        on_pool!(&self.db, |pool, _sql| {
+            Ok(
+                sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                    .fetch_all(pool)
+                    .await?,
+            )
+        })
     }
 
     /// Queued tasks in creation order (to rebuild the dispatcher's queue at start-up).
     pub async fn queued_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(task_from_row).collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(task_from_row).collect()
+        })
     }
 
     // ---- events ----
@@ -258,96 +349,112 @@ impl Store {
         task_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = match task_id {
-            Some(t) => {
-                sqlx::query(
-                    "SELECT id, kind, task_id, data FROM events WHERE task_id = ? AND id > ? ORDER BY id LIMIT ?",
-                )
-                .bind(t)
-                .bind(after)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
+        on_pool!(&self.db, |pool, sql| {
+            let rows = match task_id {
+                Some(t) => {
+                    sqlx::query(&sql(
+                        "SELECT id, kind, task_id, data FROM events WHERE task_id = ? AND id > ? \
+                         ORDER BY id LIMIT ?",
+                    ))
+                    .bind(t)
+                    .bind(after)
+                    .bind(limit as i64)
+                    .fetch_all(pool)
+                    .await?
+                }
+                None => sqlx::query(&sql(
                     "SELECT id, kind, task_id, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                )
+                ))
                 .bind(after)
                 .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(Event {
-                    id: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    task_id: r.try_get(2)?,
-                    json: r.try_get(3)?,
+                .fetch_all(pool)
+                .await?,
+            };
+            rows.iter()
+                .map(|r| {
+                    Ok(Event {
+                        id: r.int(0)?,
+                        kind: r.text(1)?,
+                        task_id: r.opt_text(2)?,
+                        json: r.text(3)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Id of the newest event (0 when the log is empty).
     pub async fn last_event_id(&self) -> Result<i64, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(id.unwrap_or(0))
+        on_pool!(&self.db, |pool, _sql| {
+            let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM events")
+                .fetch_one(pool)
+                .await?;
+            Ok(id.unwrap_or(0))
+        })
     }
 
     /// Cheap liveness probe of the database.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        on_pool!(&self.db, |pool, _sql| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
     }
 
     // ---- runners ----
 
     pub async fn create_runner(&self, id: &str, name: &str, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO runners (id, name, hash, created_at) VALUES (?, ?, ?, ?)")
+        on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "INSERT INTO runners (id, name, hash, created_at) VALUES (?, ?, ?, ?)",
+            ))
             .bind(id)
             .bind(name)
             .bind(hash)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub async fn get_runner(&self, id: &str) -> Result<Option<Runner>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| runner_from_row(&r)).transpose()
+        on_pool!(&self.db, |pool, sql| {
+            let row = sqlx::query(&sql(&format!(
+                "SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?"
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| runner_from_row(&r)).transpose()
+        })
     }
 
     /// Every runner that is not revoked, oldest enrolment first.
     pub async fn list_runners(&self) -> Result<Vec<Runner>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUNNER_COLUMNS} FROM runners WHERE revoked_at IS NULL ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(runner_from_row).collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(&format!(
+                "SELECT {RUNNER_COLUMNS} FROM runners WHERE revoked_at IS NULL ORDER BY created_at, id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(runner_from_row).collect()
+        })
     }
 
     /// Marks a runner revoked. False when there is no such (unrevoked) runner.
     pub async fn revoke_runner(&self, id: &str) -> Result<bool, StoreError> {
-        let n =
-            sqlx::query("UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(n == 1)
+        on_pool!(&self.db, |pool, sql| {
+            let n = sqlx::query(&sql(
+                "UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            ))
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(n == 1)
+        })
     }
 
     // ---- API keys ----
@@ -359,45 +466,56 @@ impl Store {
         scope: Scope,
         hash: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, name, scope, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(scope.as_str())
-        .bind(hash)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "INSERT INTO api_keys (id, name, scope, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            ))
+            .bind(id)
+            .bind(name)
+            .bind(scope.as_str())
+            .bind(hash)
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"))
+        on_pool!(&self.db, |pool, sql| {
+            let row = sqlx::query(&sql(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
+            )))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
-        row.map(|r| key_from_row(&r)).transpose()
+            row.map(|r| key_from_row(&r)).transpose()
+        })
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(key_from_row).collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(key_from_row).collect()
+        })
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        let n =
-            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(n == 1)
+        on_pool!(&self.db, |pool, sql| {
+            let n = sqlx::query(&sql(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            ))
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(n == 1)
+        })
     }
 
     // ---- artifacts ----
@@ -410,38 +528,49 @@ impl Store {
         a: &Artifact,
         runner_id: &str,
     ) -> Result<(bool, Option<String>), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let previous: Option<String> =
-            sqlx::query_scalar("SELECT blob_key FROM artifacts WHERE task_id = ? AND name = ?")
-                .bind(&a.task_id)
-                .bind(&a.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let n = sqlx::query(
+        // SQLite runs one write transaction at a time, so the task cannot change between the
+        // fence check and the insert; PostgreSQL needs the task's row locked for that (the
+        // writer's UPDATE then waits for this transaction, or this one re-checks after it).
+        let lock = match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
+        };
+        let insert = format!(
             "INSERT INTO artifacts (task_id, name, attempt, size, sha256, content_type, blob_key, created_at) \
              SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM tasks \
-             WHERE id = ? AND runner_id = ? AND attempt = ? AND status IN ('assigned', 'running') \
+             WHERE id = ? AND runner_id = ? AND attempt = ? AND status IN ('assigned', 'running'){lock} \
              ON CONFLICT (task_id, name) DO UPDATE SET attempt = excluded.attempt, size = excluded.size, \
              sha256 = excluded.sha256, content_type = excluded.content_type, blob_key = excluded.blob_key, \
-             created_at = excluded.created_at",
-        )
-        .bind(&a.task_id)
-        .bind(&a.name)
-        .bind(a.attempt as i64)
-        .bind(a.size as i64)
-        .bind(&a.sha256)
-        .bind(&a.content_type)
-        .bind(&a.blob_key)
-        .bind(a.created_at)
-        .bind(&a.task_id)
-        .bind(runner_id)
-        .bind(a.attempt as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        let replaced = previous.filter(|p| n == 1 && *p != a.blob_key);
-        Ok((n == 1, replaced))
+             created_at = excluded.created_at"
+        );
+        on_pool!(&self.db, |pool, sql| {
+            let mut tx = pool.begin().await?;
+            let previous: Option<String> = sqlx::query_scalar(&sql(
+                "SELECT blob_key FROM artifacts WHERE task_id = ? AND name = ?",
+            ))
+            .bind(&a.task_id)
+            .bind(&a.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let n = sqlx::query(&sql(&insert))
+                .bind(&a.task_id)
+                .bind(&a.name)
+                .bind(a.attempt as i64)
+                .bind(a.size as i64)
+                .bind(&a.sha256)
+                .bind(&a.content_type)
+                .bind(&a.blob_key)
+                .bind(a.created_at)
+                .bind(&a.task_id)
+                .bind(runner_id)
+                .bind(a.attempt as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            let replaced = previous.filter(|p| n == 1 && *p != a.blob_key);
+            Ok((n == 1, replaced))
+        })
     }
 
     pub async fn get_artifact(
@@ -449,34 +578,34 @@ impl Store {
         task_id: &str,
         name: &str,
     ) -> Result<Option<Artifact>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? AND name = ?"
-        ))
-        .bind(task_id)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| artifact_from_row(&r)).transpose()
+        on_pool!(&self.db, |pool, sql| {
+            let row = sqlx::query(&sql(&format!(
+                "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? AND name = ?"
+            )))
+            .bind(task_id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| artifact_from_row(&r)).transpose()
+        })
     }
 
     pub async fn list_artifacts(&self, task_id: &str) -> Result<Vec<Artifact>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? ORDER BY name"
-        ))
-        .bind(task_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(artifact_from_row).collect()
+        on_pool!(&self.db, |pool, sql| {
+            let rows = sqlx::query(&sql(&format!(
+                "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE task_id = ? ORDER BY name"
+            )))
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(artifact_from_row).collect()
+        })
     }
 
+    /// Closes the read pool. The writer stops when the last handle is dropped.
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(&self.db, |pool, _sql| pool.close().await)
     }
-}
-
-/// `DAP_SQLITE_SYNCHRONOUS=FULL` asks for power-loss durability (see [`Store::open`]).
-fn synchronous_full() -> bool {
-    std::env::var("DAP_SQLITE_SYNCHRONOUS").is_ok_and(|v| v.eq_ignore_ascii_case("full"))
 }
 
 const TASK_COLUMNS: &str =
@@ -485,79 +614,78 @@ const TASK_COLUMNS: &str =
      started_at, finished_at, updated_at, timeout_s, max_attempts, retried_from";
 const ARTIFACT_COLUMNS: &str =
     "task_id, name, attempt, size, sha256, content_type, blob_key, created_at";
-
-fn artifact_from_row(r: &SqliteRow) -> Result<Artifact, StoreError> {
-    Ok(Artifact {
-        task_id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        attempt: r.try_get::<i64, _>(2)? as u32,
-        size: r.try_get::<i64, _>(3)? as u64,
-        sha256: r.try_get(4)?,
-        content_type: r.try_get(5)?,
-        blob_key: r.try_get(6)?,
-        created_at: r.try_get(7)?,
-    })
-}
-
 const RUNNER_COLUMNS: &str = "id, name, hash, created_at, revoked_at, last_seen_at, hello";
 const KEY_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
 
-fn json_column(row: &SqliteRow, idx: usize) -> Result<Option<Value>, StoreError> {
-    let s: Option<String> = row.try_get(idx)?;
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
-}
-
-fn task_from_row(r: &SqliteRow) -> Result<Task, StoreError> {
-    let status: String = r.try_get(3)?;
-    Ok(Task {
-        id: r.try_get(0)?,
-        operation_code: r.try_get::<i64, _>(1)? as u16,
-        params: json_column(r, 2)?.unwrap_or(Value::Null),
-        status: TaskStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("task status {status:?}")))?,
-        target_runner_id: r.try_get(4)?,
-        runner_id: r.try_get(5)?,
-        attempt: r.try_get::<i64, _>(6)? as u32,
-        progress: r.try_get::<i64, _>(7)?.clamp(0, 100) as u8,
-        stage: r.try_get(8)?,
-        message: r.try_get(9)?,
-        result_data: json_column(r, 10)?,
-        error_code: r.try_get(11)?,
-        error_message: r.try_get(12)?,
-        created_at: r.try_get(13)?,
-        assigned_at: r.try_get(14)?,
-        started_at: r.try_get(15)?,
-        finished_at: r.try_get(16)?,
-        updated_at: r.try_get(17)?,
-        timeout_s: r.try_get::<Option<i64>, _>(18)?.map(|v| v as u32),
-        max_attempts: r.try_get::<Option<i64>, _>(19)?.map(|v| v as u32),
-        retried_from: r.try_get(20)?,
+fn artifact_from_row(r: &impl DbRow) -> Result<Artifact, StoreError> {
+    Ok(Artifact {
+        task_id: r.text(0)?,
+        name: r.text(1)?,
+        attempt: r.int(2)? as u32,
+        size: r.int(3)? as u64,
+        sha256: r.text(4)?,
+        content_type: r.text(5)?,
+        blob_key: r.text(6)?,
+        created_at: r.int(7)?,
     })
 }
 
-fn runner_from_row(r: &SqliteRow) -> Result<Runner, StoreError> {
+fn json_column(row: &impl DbRow, idx: usize) -> Result<Option<Value>, StoreError> {
+    row.opt_text(idx)?
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn task_from_row(r: &impl DbRow) -> Result<Task, StoreError> {
+    let status = r.text(3)?;
+    Ok(Task {
+        id: r.text(0)?,
+        operation_code: r.int(1)? as u16,
+        params: json_column(r, 2)?.unwrap_or(Value::Null),
+        status: TaskStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("task status {status:?}")))?,
+        target_runner_id: r.opt_text(4)?,
+        runner_id: r.opt_text(5)?,
+        attempt: r.int(6)? as u32,
+        progress: r.int(7)?.clamp(0, 100) as u8,
+        stage: r.opt_text(8)?,
+        message: r.opt_text(9)?,
+        result_data: json_column(r, 10)?,
+        error_code: r.opt_text(11)?,
+        error_message: r.opt_text(12)?,
+        created_at: r.int(13)?,
+        assigned_at: r.opt_int(14)?,
+        started_at: r.opt_int(15)?,
+        finished_at: r.opt_int(16)?,
+        updated_at: r.int(17)?,
+        timeout_s: r.opt_int(18)?.map(|v| v as u32),
+        max_attempts: r.opt_int(19)?.map(|v| v as u32),
+        retried_from: r.opt_text(20)?,
+    })
+}
+
+fn runner_from_row(r: &impl DbRow) -> Result<Runner, StoreError> {
     Ok(Runner {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        hash: r.try_get(2)?,
-        created_at: r.try_get(3)?,
-        revoked_at: r.try_get(4)?,
-        last_seen_at: r.try_get(5)?,
+        id: r.text(0)?,
+        name: r.text(1)?,
+        hash: r.text(2)?,
+        created_at: r.int(3)?,
+        revoked_at: r.opt_int(4)?,
+        last_seen_at: r.opt_int(5)?,
         hello: json_column(r, 6)?,
     })
 }
 
-fn key_from_row(r: &SqliteRow) -> Result<ApiKey, StoreError> {
-    let scope: String = r.try_get(2)?;
+fn key_from_row(r: &impl DbRow) -> Result<ApiKey, StoreError> {
+    let scope = r.text(2)?;
     Ok(ApiKey {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
+        id: r.text(0)?,
+        name: r.text(1)?,
         scope: Scope::parse(&scope)
             .ok_or_else(|| StoreError::Corrupt(format!("key scope {scope:?}")))?,
-        hash: r.try_get(3)?,
-        created_at: r.try_get(4)?,
-        last_used_at: r.try_get(5)?,
-        revoked_at: r.try_get(6)?,
+        hash: r.text(3)?,
+        created_at: r.int(4)?,
+        last_used_at: r.opt_int(5)?,
+        revoked_at: r.opt_int(6)?,
     })
 }

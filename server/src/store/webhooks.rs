@@ -3,10 +3,9 @@
 //! event; this module reads them and records what each attempt did. No HTTP here.
 
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 
 use super::model::{now_ms, Subscription};
+use super::sql::DbRow;
 use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,108 +63,122 @@ const DELIVERY_COLUMNS: &str =
      d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.last_latency_ms, \
      d.created_at, d.delivered_at";
 
-fn hook_from_row(r: &SqliteRow) -> Result<Webhook, StoreError> {
-    let events: String = r.try_get(2)?;
+/// A webhook from the row's columns `first..first + 8` (in `HOOK_COLUMNS` order).
+fn hook_from_row(r: &impl DbRow, first: usize) -> Result<Webhook, StoreError> {
+    let events = r.text(first + 2)?;
     Ok(Webhook {
-        id: r.try_get(0)?,
-        url: r.try_get(1)?,
+        id: r.text(first)?,
+        url: r.text(first + 1)?,
         events: serde_json::from_str(&events).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        secret: r.try_get(3)?,
-        enabled: r.try_get::<i64, _>(4)? != 0,
-        disabled_reason: r.try_get(5)?,
-        created_at: r.try_get(6)?,
-        updated_at: r.try_get(7)?,
+        secret: r.text(first + 3)?,
+        enabled: r.int(first + 4)? != 0,
+        disabled_reason: r.opt_text(first + 5)?,
+        created_at: r.int(first + 6)?,
+        updated_at: r.int(first + 7)?,
     })
 }
 
-fn delivery_from_row(r: &SqliteRow) -> Result<Delivery, StoreError> {
+fn delivery_from_row(r: &impl DbRow) -> Result<Delivery, StoreError> {
     Ok(Delivery {
-        id: r.try_get(0)?,
-        webhook_id: r.try_get(1)?,
-        event_id: r.try_get(2)?,
-        event_type: r.try_get(3)?,
-        task_id: r.try_get(4)?,
-        payload: r.try_get(5)?,
-        status: r.try_get(6)?,
-        attempts: r.try_get::<i64, _>(7)? as u32,
-        next_attempt_at: r.try_get(8)?,
-        last_status_code: r.try_get::<Option<i64>, _>(9)?.map(|c| c as u16),
-        last_error: r.try_get(10)?,
-        last_latency_ms: r.try_get(11)?,
-        created_at: r.try_get(12)?,
-        delivered_at: r.try_get(13)?,
+        id: r.int(0)?,
+        webhook_id: r.text(1)?,
+        event_id: r.int(2)?,
+        event_type: r.text(3)?,
+        task_id: r.opt_text(4)?,
+        payload: r.opt_text(5)?,
+        status: r.text(6)?,
+        attempts: r.int(7)? as u32,
+        next_attempt_at: r.opt_int(8)?,
+        last_status_code: r.opt_int(9)?.map(|c| c as u16),
+        last_error: r.opt_text(10)?,
+        last_latency_ms: r.opt_int(11)?,
+        created_at: r.int(12)?,
+        delivered_at: r.opt_int(13)?,
     })
 }
 
 impl Store {
     pub async fn create_webhook(&self, h: &Webhook) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO webhooks (id, url, events, secret, enabled, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&h.id)
-        .bind(&h.url)
-        .bind(serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into()))
-        .bind(&h.secret)
-        .bind(h.enabled as i64)
-        .bind(h.created_at)
-        .bind(h.updated_at)
-        .execute(self.pool())
-        .await?;
+        on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "INSERT INTO webhooks (id, url, events, secret, enabled, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&h.id)
+            .bind(&h.url)
+            .bind(serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into()))
+            .bind(&h.secret)
+            .bind(h.enabled as i64)
+            .bind(h.created_at)
+            .bind(h.updated_at)
+            .execute(pool)
+            .await?;
+        });
         self.refresh_subscriptions().await
     }
 
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks ORDER BY created_at, id"
-        ))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(hook_from_row).collect()
+        on_pool!(&self.db, |pool, _sql| {
+            let rows = sqlx::query(&format!(
+                "SELECT {HOOK_COLUMNS} FROM webhooks ORDER BY created_at, id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|r| hook_from_row(r, 0)).collect()
+        })
     }
 
     pub async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = ?"))
+        on_pool!(&self.db, |pool, sql| {
+            let row = sqlx::query(&sql(&format!(
+                "SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = ?"
+            )))
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(pool)
             .await?;
-        row.map(|r| hook_from_row(&r)).transpose()
+            row.map(|r| hook_from_row(&r, 0)).transpose()
+        })
     }
 
     /// Replaces a subscription's editable fields. False if there is no such webhook.
     pub async fn update_webhook(&self, h: &Webhook) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE webhooks SET url = ?, events = ?, enabled = ?, disabled_reason = ?, updated_at = ? \
-             WHERE id = ?",
-        )
-        .bind(&h.url)
-        .bind(serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into()))
-        .bind(h.enabled as i64)
-        .bind(&h.disabled_reason)
-        .bind(now_ms())
-        .bind(&h.id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+        let n = on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "UPDATE webhooks SET url = ?, events = ?, enabled = ?, disabled_reason = ?, \
+                 updated_at = ? WHERE id = ?",
+            ))
+            .bind(&h.url)
+            .bind(serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into()))
+            .bind(h.enabled as i64)
+            .bind(&h.disabled_reason)
+            .bind(now_ms())
+            .bind(&h.id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
         self.refresh_subscriptions().await?;
         Ok(n == 1)
     }
 
     pub async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let n = sqlx::query("DELETE FROM webhooks WHERE id = ?")
+        let n = on_pool!(&self.db, |pool, sql| {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(&sql("DELETE FROM webhooks WHERE id = ?"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(&sql(
+                "UPDATE webhook_deliveries SET status = 'failed', last_error = 'webhook deleted', \
+                 next_attempt_at = NULL WHERE webhook_id = ? AND status = 'pending'",
+            ))
             .bind(id)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'failed', last_error = 'webhook deleted', \
-             next_attempt_at = NULL WHERE webhook_id = ? AND status = 'pending'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            .await?;
+            tx.commit().await?;
+            n
+        });
         self.refresh_subscriptions().await?;
         Ok(n == 1)
     }
@@ -192,63 +205,58 @@ impl Store {
         now: i64,
         limit: u32,
     ) -> Result<Vec<(Delivery, Webhook)>, StoreError> {
-        let sql = format!(
+        let due = format!(
             "SELECT {DELIVERY_COLUMNS}, w.id, w.url, w.events, w.secret, w.enabled, w.disabled_reason, \
              w.created_at, w.updated_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
              WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND w.enabled = 1 \
              ORDER BY d.next_attempt_at, d.id LIMIT ?"
         );
-        let rows = sqlx::query(&sql)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let d = delivery_from_row(r)?;
-                let events: String = r.try_get(16)?;
-                let w = Webhook {
-                    id: r.try_get(14)?,
-                    url: r.try_get(15)?,
-                    events: serde_json::from_str(&events)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    secret: r.try_get(17)?,
-                    enabled: r.try_get::<i64, _>(18)? != 0,
-                    disabled_reason: r.try_get(19)?,
-                    created_at: r.try_get(20)?,
-                    updated_at: r.try_get(21)?,
-                };
-                Ok((d, w))
-            })
-            .collect()
+        on_pool!(&self.db, |pool, sql| {
+            let rows = sqlx::query(&sql(&due))
+                .bind(now)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((delivery_from_row(r)?, hook_from_row(r, 14)?)))
+                .collect()
+        })
     }
 
     /// Earliest `next_attempt_at` of a pending delivery, if any.
     pub async fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
-        )
-        .fetch_one(self.pool())
-        .await?)
+        on_pool!(&self.db, |pool, _sql| {
+            Ok(sqlx::query_scalar(
+                "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+            )
+            .fetch_one(pool)
+            .await?)
+        })
     }
 
     /// The stored JSON payload of an event.
     pub async fn event_data(&self, event_id: i64) -> Result<Option<Value>, StoreError> {
-        let s: Option<String> = sqlx::query_scalar("SELECT data FROM events WHERE id = ?")
-            .bind(event_id)
-            .fetch_optional(self.pool())
-            .await?;
+        let s: Option<String> = on_pool!(&self.db, |pool, sql| {
+            sqlx::query_scalar(&sql("SELECT data FROM events WHERE id = ?"))
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?
+        });
         s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
     /// Fixes a delivery's body at its first attempt (later attempts resend the same bytes).
     pub async fn set_delivery_payload(&self, id: i64, payload: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_deliveries SET payload = ? WHERE id = ? AND payload IS NULL")
+        on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "UPDATE webhook_deliveries SET payload = ? WHERE id = ? AND payload IS NULL",
+            ))
             .bind(payload)
             .bind(id)
-            .execute(self.pool())
+            .execute(pool)
             .await?;
+        });
         Ok(())
     }
 
@@ -259,41 +267,45 @@ impl Store {
         attempt: &Attempt,
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status_code, latency_ms, error) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(d.id)
-        .bind(attempt.attempt as i64)
-        .bind(attempt.at)
-        .bind(attempt.status_code.map(|c| c as i64))
-        .bind(attempt.latency_ms)
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await?;
         let (status, next, delivered) = match outcome {
             AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at)),
             AttemptOutcome::RetryAt(t) => ("pending", Some(t), None),
             AttemptOutcome::Failed => ("failed", None, None),
         };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
-             last_status_code = ?, last_error = ?, last_latency_ms = ?, updated_at = ?, \
-             delivered_at = COALESCE(?, delivered_at) WHERE id = ?",
-        )
-        .bind(status)
-        .bind(attempt.attempt as i64)
-        .bind(next)
-        .bind(attempt.status_code.map(|c| c as i64))
-        .bind(&attempt.error)
-        .bind(attempt.latency_ms)
-        .bind(attempt.at)
-        .bind(delivered)
-        .bind(d.id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        on_pool!(&self.db, |pool, sql| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&sql(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, latency_ms, error) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt) DO UPDATE SET \
+                 at = excluded.at, status_code = excluded.status_code, \
+                 latency_ms = excluded.latency_ms, error = excluded.error",
+            ))
+            .bind(d.id)
+            .bind(attempt.attempt as i64)
+            .bind(attempt.at)
+            .bind(attempt.status_code.map(|c| c as i64))
+            .bind(attempt.latency_ms)
+            .bind(&attempt.error)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&sql(
+                "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
+                 last_status_code = ?, last_error = ?, last_latency_ms = ?, updated_at = ?, \
+                 delivered_at = COALESCE(?, delivered_at) WHERE id = ?",
+            ))
+            .bind(status)
+            .bind(attempt.attempt as i64)
+            .bind(next)
+            .bind(attempt.status_code.map(|c| c as i64))
+            .bind(&attempt.error)
+            .bind(attempt.latency_ms)
+            .bind(attempt.at)
+            .bind(delivered)
+            .bind(d.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -303,54 +315,59 @@ impl Store {
         webhook_id: &str,
         limit: u32,
     ) -> Result<Vec<(Delivery, Vec<Attempt>)>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let list = format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook_id = ? \
              ORDER BY d.id DESC LIMIT ?"
-        ))
-        .bind(webhook_id)
-        .bind(limit as i64)
-        .fetch_all(self.pool())
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let d = delivery_from_row(r)?;
-            let attempts = sqlx::query(
-                "SELECT attempt, at, status_code, latency_ms, error FROM webhook_attempts \
-                 WHERE delivery_id = ? ORDER BY attempt",
-            )
-            .bind(d.id)
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|a| {
-                Ok(Attempt {
-                    attempt: a.try_get::<i64, _>(0)? as u32,
-                    at: a.try_get(1)?,
-                    status_code: a.try_get::<Option<i64>, _>(2)?.map(|c| c as u16),
-                    latency_ms: a.try_get(3)?,
-                    error: a.try_get(4)?,
+        );
+        on_pool!(&self.db, |pool, sql| {
+            let rows = sqlx::query(&sql(&list))
+                .bind(webhook_id)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let d = delivery_from_row(r)?;
+                let attempts = sqlx::query(&sql(
+                    "SELECT attempt, at, status_code, latency_ms, error FROM webhook_attempts \
+                     WHERE delivery_id = ? ORDER BY attempt",
+                ))
+                .bind(d.id)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|a| {
+                    Ok(Attempt {
+                        attempt: a.int(0)? as u32,
+                        at: a.int(1)?,
+                        status_code: a.opt_int(2)?.map(|c| c as u16),
+                        latency_ms: a.int(3)?,
+                        error: a.opt_text(4)?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-            out.push((d, attempts));
-        }
-        Ok(out)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                out.push((d, attempts));
+            }
+            Ok(out)
+        })
     }
 
     /// Puts a delivery back in the queue to be sent now. False if it does not exist.
     pub async fn redeliver(&self, webhook_id: &str, delivery_id: i64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let n = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ? \
-             WHERE id = ? AND webhook_id = ?",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(delivery_id)
-        .bind(webhook_id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+        let n = on_pool!(&self.db, |pool, sql| {
+            sqlx::query(&sql(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, updated_at = ? \
+                 WHERE id = ? AND webhook_id = ?",
+            ))
+            .bind(now)
+            .bind(now)
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
         if n == 1 {
             self.outbox().notify();
         }

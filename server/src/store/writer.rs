@@ -1,33 +1,36 @@
 //! The single writer: every hot-path mutation (task lifecycle, progress, runner state) goes
-//! through one dedicated thread that owns one SQLite connection and commits whatever is waiting
-//! as one transaction (group commit). Callers get their answer only after that commit, and the
-//! events a batch produced are published on the [`EventBus`] in commit order, after the commit.
+//! through one writer per process that owns one database connection and commits whatever is
+//! waiting as one transaction (group commit). Callers get their answer only after that commit,
+//! and the events a batch produced are published on the [`EventBus`] in commit order, after the
+//! commit.
 //!
-//! Why a thread with rusqlite rather than an async sqlx connection: sqlx runs each SQLite
-//! statement on its own worker thread and hands results back through channels, which costs two
-//! context switches per statement; a task's lifecycle needs several statements, and at 10k
-//! tasks/s on two cores those hand-offs, not SQLite, were the bottleneck. Here statements are
-//! prepared once and stepped synchronously. Reads and migrations stay on sqlx.
+//! This file holds what both backends share: the operations, their SQL (written once, in
+//! SQLite's `?N` placeholders; PostgreSQL gets `$N`), the group-commit loop and what each
+//! operation writes. A backend only supplies a connection that can begin a transaction, run a
+//! statement and read one row ([`WriteConn`], [`WriteTx`]): SQLite's is a dedicated thread with
+//! a rusqlite connection (`sqlite.rs`), PostgreSQL's a tokio task with one sqlx connection
+//! (`postgres.rs`).
+//!
+//! Event ids increase in commit order because there is one writer and it commits one
+//! transaction at a time: PostgreSQL takes identity values at insert, not at commit, so a second
+//! writer on the same database (several servers) would break this.
 //!
 //! It does not decide *what* to write (the dispatcher and the HTTP layer do) and it never
 //! publishes an event whose transaction did not commit.
 
-use std::path::Path;
-use std::time::Duration;
-
 use dap_protocol::TaskError;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::model::{now_ms, Event, NewTask, Subscription, TaskStatus};
+use super::sql::{Arg, DbRow};
 use super::Outbox;
 use super::StoreError;
 use crate::events::EventBus;
 
 /// Most operations folded into one transaction. Large enough to amortise the commit, small
 /// enough that one batch never holds the write lock for long.
-const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// A mutation the writer applies. Conditional updates say in their `WHERE` what must still be
 /// true (status, runner, attempt), so a stale request changes nothing and reports `false`.
@@ -102,69 +105,31 @@ pub enum CancelOutcome {
 
 type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 
-struct Pending {
+/// An operation waiting for the writer, with where to send its outcome.
+pub(super) struct Pending {
     op: WriteOp,
     reply: Reply,
 }
 
-/// Cheap handle to the writer thread.
+/// Cheap handle to the writer.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
-    /// The checkpointer thread stops when the last handle is gone.
+    /// Helper threads of the backend (SQLite's checkpointer) stop when the last handle is gone.
     _alive: std::sync::Arc<()>,
 }
 
-/// How often WAL frames are copied back into the database file, off the commit path.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
 impl Writer {
-    /// Opens the database file at `path` and starts the writer thread. The thread ends when
-    /// every handle is dropped.
-    pub fn spawn(
-        path: &Path,
-        synchronous_full: bool,
-        bus: EventBus,
-        outbox: Outbox,
-    ) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if synchronous_full { "FULL" } else { "NORMAL" },
-        )?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Checkpoints run on their own connection (below), so a commit never stalls while
-        // thousands of WAL frames are copied into the main file.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.set_prepared_statement_cache_capacity(64);
-        let checkpointer = Connection::open(path)?;
-        checkpointer.busy_timeout(Duration::from_secs(1))?;
-        let (tx, rx) = mpsc::channel(16_384);
-        let alive = std::sync::Arc::new(());
-        let weak = std::sync::Arc::downgrade(&alive);
-        let spawn_err = |e| StoreError::Corrupt(format!("cannot start store thread: {e}"));
-        std::thread::Builder::new()
-            .name("dap-store-writer".into())
-            .spawn(move || run(conn, rx, bus, outbox))
-            .map_err(spawn_err)?;
-        std::thread::Builder::new()
-            .name("dap-store-ckpt".into())
-            .spawn(move || {
-                while weak.upgrade().is_some() {
-                    std::thread::sleep(CHECKPOINT_EVERY);
-                    // PASSIVE never blocks the writer; what it cannot copy now it copies next time.
-                    let r =
-                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                    }
-                }
-            })
-            .map_err(spawn_err)?;
-        Ok(Self { tx, _alive: alive })
+    /// A handle on a writer that takes its work from the receiving end of `tx`; `alive` is
+    /// dropped with the last handle.
+    pub(super) fn new(tx: mpsc::Sender<Pending>, alive: std::sync::Arc<()>) -> Self {
+        Self { tx, _alive: alive }
+    }
+
+    /// The queue between handles and the writer. Bounded: when the writer falls behind,
+    /// submitters wait instead of piling up memory.
+    pub(super) fn channel() -> (mpsc::Sender<Pending>, mpsc::Receiver<Pending>) {
+        mpsc::channel(16_384)
     }
 
     /// Applies `op` and waits for its commit.
@@ -188,77 +153,131 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Pending>, bus: EventBus, outbox: Outbox) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+/// A backend's write connection: begins the transactions the writer fills.
+pub(super) trait WriteConn {
+    type Tx<'c>: WriteTx
+    where
+        Self: 'c;
+    async fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
+}
+
+/// An open transaction of a backend. Dropping it without [`commit`](Self::commit) rolls back.
+/// `sql` is in SQLite's dialect (`?N` placeholders); a backend translates what it must.
+pub(super) trait WriteTx {
+    /// Runs a statement; the number of rows it changed.
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
+    /// Runs a statement and reads its first row, if any, with `read`.
+    async fn query_row<T>(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError>;
+    async fn commit(self) -> Result<(), StoreError>;
+}
+
+/// Moves whatever else is already waiting into `batch`, up to [`MAX_BATCH`].
+pub(super) fn fill(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Commits `batch` as one transaction, then publishes its events and answers every waiter
+/// (after the commit, in that order). Leaves `batch` empty.
+pub(super) async fn commit_batch<C: WriteConn>(
+    conn: &mut C,
+    batch: &mut Vec<Pending>,
+    bus: &EventBus,
+    outbox: &Outbox,
+) {
+    let subs = outbox.subscriptions();
+    let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
+    match apply_batch(conn, &ops, &subs).await {
+        Ok((outcomes, events)) => {
+            if events.iter().any(|e| subs.iter().any(|s| s.wants(&e.kind))) {
+                outbox.notify();
+            }
+            bus.publish_all(events);
+            for (p, o) in batch.drain(..).zip(outcomes) {
+                let _ = p.reply.send(Ok(o));
             }
         }
-        let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
-        let subs = outbox.subscriptions();
-        match apply_batch(&mut conn, &ops, &subs) {
-            Ok((outcomes, events)) => {
-                if events.iter().any(|e| subs.iter().any(|s| s.wants(&e.kind))) {
-                    outbox.notify();
-                }
-                bus.publish_all(events);
-                for (p, o) in batch.drain(..).zip(outcomes) {
-                    let _ = p.reply.send(Ok(o));
-                }
+        Err(e) if e.is_connection_failure() => {
+            // The database is unreachable, not one op at fault: each op would fail alike, and
+            // one by one each would wait out the connection timeout. Fail them all now; the
+            // next batch opens a new connection.
+            tracing::warn!(error = %e, size = batch.len(), "batch failed: database unreachable");
+            let cause = e.to_string();
+            for p in batch.drain(..) {
+                let err = std::io::Error::other(cause.clone());
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::Database(sqlx::Error::Io(err))));
             }
-            Err(e) => {
-                // One op failed (or the commit did): the batch was rolled back. Apply each op in
-                // its own transaction so one bad request does not fail its neighbours.
-                tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
-                for p in batch.drain(..) {
-                    let r = apply_batch(&mut conn, &[&p.op], &subs).map(|(mut o, events)| {
+        }
+        Err(e) => {
+            // One op failed (or the commit did): the batch was rolled back. Apply each op in
+            // its own transaction so one bad request does not fail its neighbours.
+            tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
+            for p in batch.drain(..) {
+                let r = match apply_batch(conn, &[&p.op], &subs).await {
+                    Ok((mut o, events)) => {
                         outbox.notify();
                         bus.publish_all(events);
-                        o.remove(0)
-                    });
-                    let _ = p.reply.send(r);
-                }
+                        Ok(o.remove(0))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = p.reply.send(r);
             }
         }
     }
 }
 
-fn apply_batch(
-    conn: &mut Connection,
+async fn apply_batch<C: WriteConn>(
+    conn: &mut C,
     ops: &[&WriteOp],
     subs: &[Subscription],
 ) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut tx = conn.begin().await?;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut events = Vec::new();
     for op in ops {
-        outcomes.push(apply(&tx, op, &mut events)?);
+        outcomes.push(apply(&mut tx, op, &mut events).await?);
     }
     // The outbox rows commit with the events they report (a crash cannot lose a delivery).
     if !subs.is_empty() {
         let now = now_ms();
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, event_id, event_type, task_id, \
-             status, attempts, next_attempt_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
-        )?;
         for e in &events {
             for sub in subs.iter().filter(|s| s.wants(&e.kind)) {
-                insert.execute(params![sub.webhook_id, e.id, e.kind, e.task_id, now])?;
+                tx.execute(
+                    "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, task_id, \
+                     status, attempts, next_attempt_at, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5) \
+                     ON CONFLICT (webhook_id, event_id) DO NOTHING",
+                    &[
+                        (&sub.webhook_id).into(),
+                        e.id.into(),
+                        e.kind.as_str().into(),
+                        (&e.task_id).into(),
+                        now.into(),
+                    ],
+                )
+                .await?;
             }
         }
     }
-    tx.commit()?;
+    tx.commit().await?;
     Ok((outcomes, events))
 }
 
 /// Appends an event to the log (inside the batch's transaction) and to `events`.
-fn append_event(
-    tx: &Transaction<'_>,
+async fn append_event(
+    tx: &mut impl WriteTx,
     events: &mut Vec<Event>,
     kind: &'static str,
     task_id: Option<&str>,
@@ -271,12 +290,23 @@ fn append_event(
         obj.insert("at".into(), Value::from(at));
     }
     let json = data.to_string();
-    tx.prepare_cached(
-        "INSERT INTO events (kind, task_id, runner_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![kind, task_id, runner_id, json, at])?;
+    let id = tx
+        .query_row(
+            "INSERT INTO events (kind, task_id, runner_id, data, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            &[
+                kind.into(),
+                task_id.into(),
+                runner_id.into(),
+                json.as_str().into(),
+                at.into(),
+            ],
+            |r| r.int(0),
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("event insert returned no id".into()))?;
     events.push(Event {
-        id: tx.last_insert_rowid(),
+        id,
         kind: kind.to_owned(),
         task_id: task_id.map(str::to_owned),
         json,
@@ -284,8 +314,8 @@ fn append_event(
     Ok(())
 }
 
-fn apply(
-    tx: &Transaction<'_>,
+async fn apply(
+    tx: &mut impl WriteTx,
     op: &WriteOp,
     events: &mut Vec<Event>,
 ) -> Result<Outcome, StoreError> {
@@ -296,25 +326,26 @@ fn apply(
                 Some(_) => (TaskStatus::Assigned, 1u32, Some(now)),
                 None => (TaskStatus::Queued, 0, None),
             };
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, attempt, \
                  progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, retried_from) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                t.id,
-                t.operation_code,
-                t.params_json,
-                status.as_str(),
-                t.target_runner_id,
-                t.assign_to,
-                attempt,
-                now,
-                assigned_at,
-                t.timeout_s,
-                t.max_attempts,
-                t.retried_from,
-            ])?;
+                &[
+                    (&t.id).into(),
+                    t.operation_code.into(),
+                    (&t.params_json).into(),
+                    status.as_str().into(),
+                    (&t.target_runner_id).into(),
+                    (&t.assign_to).into(),
+                    attempt.into(),
+                    now.into(),
+                    assigned_at.into(),
+                    t.timeout_s.into(),
+                    t.max_attempts.into(),
+                    (&t.retried_from).into(),
+                ],
+            )
+            .await?;
             let mut data = json!({
                 "task_id": t.id, "status": "queued", "operation_code": t.operation_code,
                 "target_runner_id": t.target_runner_id, "progress": 0,
@@ -322,13 +353,13 @@ fn apply(
             if let Some(from) = &t.retried_from {
                 data["retried_from"] = Value::from(from.as_str());
             }
-            append_event(tx, events, "task.created", Some(&t.id), None, data)?;
+            append_event(tx, events, "task.created", Some(&t.id), None, data).await?;
             if let Some(runner) = &t.assign_to {
                 let data = json!({
                     "task_id": t.id, "status": "assigned", "operation_code": t.operation_code,
                     "runner_id": runner, "attempt": attempt, "progress": 0,
                 });
-                append_event(tx, events, "task.assigned", Some(&t.id), Some(runner), data)?;
+                append_event(tx, events, "task.assigned", Some(&t.id), Some(runner), data).await?;
             }
             Ok(Outcome::Done)
         }
@@ -337,17 +368,21 @@ fn apply(
             runner_id,
             attempt,
         } => {
-            let code: Option<i64> = tx
-                .prepare_cached(
+            let code = tx
+                .query_row(
                     "UPDATE tasks SET status = 'assigned', runner_id = ?1, attempt = ?2, progress = 0, \
                      stage = NULL, message = NULL, assigned_at = ?3, started_at = NULL, updated_at = ?3 \
                      WHERE id = ?4 AND status = 'queued' AND attempt = ?5 RETURNING operation_code",
-                )?
-                .query_row(
-                    params![runner_id, attempt, now, task_id, *attempt as i64 - 1],
-                    |r| r.get(0),
+                    &[
+                        runner_id.into(),
+                        (*attempt).into(),
+                        now.into(),
+                        task_id.into(),
+                        (*attempt as i64 - 1).into(),
+                    ],
+                    |r| r.int(0),
                 )
-                .optional()?;
+                .await?;
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
@@ -362,7 +397,8 @@ fn apply(
                 Some(task_id),
                 Some(runner_id),
                 data,
-            )?;
+            )
+            .await?;
             Ok(Outcome::Applied(true))
         }
         WriteOp::Progress {
@@ -374,18 +410,24 @@ fn apply(
             message,
         } => {
             // `progress <= ?` drops regressions: progress of one attempt only moves forward.
-            let row: Option<(i64, Option<String>, Option<String>)> = tx
-                .prepare_cached(
+            let row = tx
+                .query_row(
                     "UPDATE tasks SET status = 'running', progress = ?1, stage = COALESCE(?2, stage), \
                      message = COALESCE(?3, message), started_at = COALESCE(started_at, ?4), updated_at = ?4 \
                      WHERE id = ?5 AND runner_id = ?6 AND attempt = ?7 AND status IN ('assigned', 'running') \
                      AND progress <= ?1 RETURNING operation_code, stage, message",
-                )?
-                .query_row(
-                    params![percent, stage, message, now, task_id, runner_id, attempt],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    &[
+                        (*percent).into(),
+                        stage.into(),
+                        message.into(),
+                        now.into(),
+                        task_id.into(),
+                        runner_id.into(),
+                        (*attempt).into(),
+                    ],
+                    |r| Ok((r.int(0)?, r.opt_text(1)?, r.opt_text(2)?)),
                 )
-                .optional()?;
+                .await?;
             let Some((code, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
@@ -401,7 +443,8 @@ fn apply(
                 Some(task_id),
                 Some(runner_id),
                 data,
-            )?;
+            )
+            .await?;
             Ok(Outcome::Applied(true))
         }
         WriteOp::Finish {
@@ -414,29 +457,27 @@ fn apply(
                 Ok(v) => (TaskStatus::Completed, Some(v.to_string()), None),
                 Err(e) => (TaskStatus::Failed, None, Some(e)),
             };
-            let row: Option<(i64, i64, Option<String>, Option<String>)> = tx
-                .prepare_cached(
+            let row = tx
+                .query_row(
                     "UPDATE tasks SET status = ?1, progress = CASE WHEN ?2 THEN 100 ELSE progress END, \
                      result_data = ?3, error_code = ?4, error_message = ?5, finished_at = ?6, \
                      started_at = COALESCE(started_at, ?6), updated_at = ?6 \
                      WHERE id = ?7 AND runner_id = ?8 AND attempt = ?9 AND status IN ('assigned', 'running') \
                      RETURNING operation_code, progress, stage, message",
-                )?
-                .query_row(
-                    params![
-                        status.as_str(),
-                        status == TaskStatus::Completed,
-                        result_json,
-                        err.map(|e| e.code.as_str()),
-                        err.map(|e| e.message.as_str()),
-                        now,
-                        task_id,
-                        runner_id,
-                        attempt
+                    &[
+                        status.as_str().into(),
+                        (status == TaskStatus::Completed).into(),
+                        (&result_json).into(),
+                        err.map(|e| e.code.as_str()).into(),
+                        err.map(|e| e.message.as_str()).into(),
+                        now.into(),
+                        task_id.into(),
+                        runner_id.into(),
+                        (*attempt).into(),
                     ],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.int(0)?, r.int(1)?, r.opt_text(2)?, r.opt_text(3)?)),
                 )
-                .optional()?;
+                .await?;
             let Some((code, progress, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
@@ -453,18 +494,25 @@ fn apply(
             } else {
                 "task.completed"
             };
-            append_event(tx, events, kind, Some(task_id), Some(runner_id), data)?;
+            append_event(tx, events, kind, Some(task_id), Some(runner_id), data).await?;
             Ok(Outcome::Applied(true))
         }
         WriteOp::Cancel { task_id } => {
-            let row: Option<(String, Option<String>, i64, i64, i64)> = tx
-                .prepare_cached(
+            let row = tx
+                .query_row(
                     "SELECT status, runner_id, attempt, operation_code, progress FROM tasks WHERE id = ?1",
-                )?
-                .query_row(params![task_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .optional()?;
+                    &[task_id.into()],
+                    |r| {
+                        Ok((
+                            r.text(0)?,
+                            r.opt_text(1)?,
+                            r.int(2)?,
+                            r.int(3)?,
+                            r.int(4)?,
+                        ))
+                    },
+                )
+                .await?;
             let Some((status, runner_id, attempt, code, progress)) = row else {
                 return Ok(Outcome::Cancel(CancelOutcome::NotFound));
             };
@@ -473,11 +521,12 @@ fn apply(
             if status.is_terminal() {
                 return Ok(Outcome::Cancel(CancelOutcome::AlreadyFinished(status)));
             }
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE tasks SET status = 'cancelled', error_code = 'cancelled', \
                  error_message = 'cancelled by request', finished_at = ?1, updated_at = ?1 WHERE id = ?2",
-            )?
-            .execute(params![now, task_id])?;
+                &[now.into(), task_id.into()],
+            )
+            .await?;
             let data = json!({
                 "task_id": task_id, "status": "cancelled", "operation_code": code,
                 "runner_id": runner_id, "attempt": attempt, "progress": progress,
@@ -489,7 +538,8 @@ fn apply(
                 Some(task_id),
                 runner_id.as_deref(),
                 data,
-            )?;
+            )
+            .await?;
             let runner = match status {
                 TaskStatus::Assigned | TaskStatus::Running => {
                     runner_id.map(|r| (r, attempt as u32))
@@ -511,10 +561,13 @@ fn apply(
         } => {
             let max_attempts = match max_attempts {
                 Some(default) => {
-                    let own: Option<Option<i64>> = tx
-                        .prepare_cached("SELECT max_attempts FROM tasks WHERE id = ?1")?
-                        .query_row(params![task_id], |r| r.get(0))
-                        .optional()?;
+                    let own = tx
+                        .query_row(
+                            "SELECT max_attempts FROM tasks WHERE id = ?1",
+                            &[task_id.into()],
+                            |r| r.opt_int(0),
+                        )
+                        .await?;
                     Some(own.flatten().map_or(*default, |v| v as u32))
                 }
                 None => None,
@@ -525,18 +578,23 @@ fn apply(
                 } else {
                     format!("runner lost the task on attempt {attempt} of {attempt} ({reason})")
                 };
-                let row: Option<(i64, i64)> = tx
-                    .prepare_cached(
+                let row = tx
+                    .query_row(
                         "UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
                          finished_at = ?2, updated_at = ?2 \
                          WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running') \
                          RETURNING operation_code, progress",
-                    )?
-                    .query_row(
-                        params![message, now, task_id, runner_id, attempt, fail_code],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        &[
+                            message.as_str().into(),
+                            now.into(),
+                            task_id.into(),
+                            runner_id.into(),
+                            (*attempt).into(),
+                            (*fail_code).into(),
+                        ],
+                        |r| Ok((r.int(0)?, r.int(1)?)),
                     )
-                    .optional()?;
+                    .await?;
                 let Some((code, progress)) = row else {
                     return Ok(Outcome::Applied(false));
                 };
@@ -552,18 +610,25 @@ fn apply(
                     Some(task_id),
                     Some(runner_id),
                     data,
-                )?;
+                )
+                .await?;
                 return Ok(Outcome::Lost);
             }
-            let code: Option<i64> = tx
-                .prepare_cached(
+            let code = tx
+                .query_row(
                     "UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
                      message = NULL, updated_at = ?1 \
                      WHERE id = ?2 AND runner_id = ?3 AND attempt = ?4 AND status IN ('assigned', 'running') \
                      RETURNING operation_code",
-                )?
-                .query_row(params![now, task_id, runner_id, attempt], |r| r.get(0))
-                .optional()?;
+                    &[
+                        now.into(),
+                        task_id.into(),
+                        runner_id.into(),
+                        (*attempt).into(),
+                    ],
+                    |r| r.int(0),
+                )
+                .await?;
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
@@ -571,7 +636,7 @@ fn apply(
                 "task_id": task_id, "status": "queued", "operation_code": code,
                 "attempt": attempt, "progress": 0, "reason": reason,
             });
-            append_event(tx, events, "task.requeued", Some(task_id), None, data)?;
+            append_event(tx, events, "task.requeued", Some(task_id), None, data).await?;
             Ok(Outcome::Applied(true))
         }
         WriteOp::RunnerState {
@@ -580,11 +645,12 @@ fn apply(
             data,
             hello,
         } => {
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE runners SET last_seen_at = ?1, hello = COALESCE(?2, hello) WHERE id = ?3",
-            )?
-            .execute(params![now, hello, runner_id])?;
-            append_event(tx, events, kind, None, Some(runner_id), data.clone())?;
+                &[now.into(), hello.into(), runner_id.into()],
+            )
+            .await?;
+            append_event(tx, events, kind, None, Some(runner_id), data.clone()).await?;
             Ok(Outcome::Done)
         }
     }

@@ -1,6 +1,12 @@
 //! Test harness: a real `dap-server` on 127.0.0.1:0 (in-process or as a child process), API
-//! keys of each scope, and a protocol-level runner that speaks the real WebSocket protocol so
-//! tests can hold, progress and finish tasks exactly when they want.
+//! keys of each scope, a protocol-level runner that speaks the real WebSocket protocol so
+//! tests can hold, progress and finish tasks exactly when they want, and a fresh database per
+//! test on either backend ([`TestDb`], [`on_both_backends!`]).
+//!
+//! PostgreSQL comes from `DAP_TEST_POSTGRES_URL` (scripts/postgres-test.sh starts one); each test
+//! creates its own database next to it. Without the variable the PostgreSQL half of a test
+//! says it is skipped, or fails when `CI` is set. `DAP_TEST_BACKEND=postgres` runs every
+//! in-process server of this binary on PostgreSQL.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -10,7 +16,7 @@ use dap_protocol::{
     Assignment, ColumnInfo, Completed, DatasetFormat, DatasetInfo, Hello, Progress, RunnerMessage,
     ServerMessage, PROTOCOL_VERSION,
 };
-use dap_server::store::Scope;
+use dap_server::store::{Backend, Scope};
 use dap_server::{auth, build_state, serve, AppState, ServeConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -32,6 +38,155 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// Declares `mod sqlite` and `mod postgres` with one `#[tokio::test]` per named `async fn
+/// name(backend: Backend)` of the enclosing module, so every such test runs on both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(dap_server::store::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::common::postgres_url().is_some() {
+                        super::$name(dap_server::store::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server the tests may use. `None` (after printing why) when
+/// `DAP_TEST_POSTGRES_URL` is unset; under `CI` that is a failure, not a skip.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("DAP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "DAP_TEST_POSTGRES_URL is not set but CI is: the PostgreSQL tests must run in CI \
+                 (scripts/postgres-test.sh run -- cargo test)"
+            );
+            eprintln!("skipped: DAP_TEST_POSTGRES_URL not set (see scripts/postgres-test.sh)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database for one test. SQLite: a file in `dir`. PostgreSQL: a database
+/// `dap_t_<random>` created on the server of `DAP_TEST_POSTGRES_URL` and dropped (with its
+/// connections) when this is dropped, unless [`keep`](Self::keep) was called.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    /// (maintenance URL, database name) of a database to drop.
+    drop_pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// Panics when PostgreSQL is asked for but not configured (callers check
+    /// [`postgres_url`] first to skip).
+    pub async fn new(backend: Backend, dir: &std::path::Path) -> Self {
+        match backend {
+            Backend::Sqlite => Self {
+                backend,
+                url: format!("sqlite://{}", dir.join("dap.db").display()),
+                drop_pg: None,
+            },
+            Backend::Postgres => {
+                use sqlx::ConnectOptions;
+                let base = postgres_url().expect("DAP_TEST_POSTGRES_URL");
+                let name = format!("dap_t_{:016x}", rand::random::<u64>());
+                let opts: sqlx::postgres::PgConnectOptions = base.parse().unwrap();
+                let mut admin = opts
+                    .connect()
+                    .await
+                    .expect("connect to DAP_TEST_POSTGRES_URL");
+                // An ICU en-US collation where the server has ICU: it sorts "B" after "a",
+                // unlike SQLite, so a query whose order depends on the database's locale fails
+                // here rather than in a deployment.
+                let icu = format!(
+                    "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu \
+                     ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                );
+                if sqlx::Executor::execute(&mut admin, icu.as_str())
+                    .await
+                    .is_err()
+                {
+                    let plain = format!("CREATE DATABASE {name}");
+                    sqlx::Executor::execute(&mut admin, plain.as_str())
+                        .await
+                        .unwrap();
+                }
+                let url = opts.database(&name).to_url_lossy().to_string();
+                Self {
+                    backend,
+                    url,
+                    drop_pg: Some((base, name)),
+                }
+            }
+        }
+    }
+
+    /// An existing PostgreSQL database `url` (a restarted server's), dropped with this guard.
+    pub fn adopt_postgres(url: String) -> Self {
+        let base = postgres_url().expect("DAP_TEST_POSTGRES_URL");
+        let path = url.split('?').next().unwrap_or_default();
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        Self {
+            backend: Backend::Postgres,
+            url,
+            drop_pg: Some((base, name)),
+        }
+    }
+
+    /// Keeps the database after this guard is gone (a server restarting on it adopts it).
+    pub fn keep(mut self) {
+        self.drop_pg = None;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.drop_pg.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on itself: a thread with its
+        // own runtime drops the database (FORCE ends the store's lingering connections).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::ConnectOptions;
+                let opts: sqlx::postgres::PgConnectOptions = base.parse().unwrap();
+                if let Ok(mut admin) = opts.connect().await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::Executor::execute(&mut admin, sql.as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The backend `TestServer::start*` uses unless told otherwise: `DAP_TEST_BACKEND=postgres`
+/// runs the whole suite's in-process servers on PostgreSQL.
+pub fn default_backend() -> Backend {
+    match std::env::var("DAP_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
+}
+
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub state: AppState,
@@ -40,6 +195,7 @@ pub struct TestServer {
     pub write_key: String,
     pub read_key: String,
     pub http: reqwest::Client,
+    pub db: Option<TestDb>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -53,9 +209,30 @@ impl TestServer {
         Self::start_in(temp_dir("srv"), tune).await
     }
 
-    /// Starts a server on an existing data directory (to restart one).
+    /// A server on a fresh database of `backend`.
+    pub async fn start_on(backend: Backend) -> Self {
+        let dir = temp_dir("srv");
+        let db = TestDb::new(backend, &dir).await;
+        Self::start_on_db(dir, db, |_| {}).await
+    }
+
+    /// Starts a server on an existing data directory (to restart one); a PostgreSQL database
+    /// it used is found again through the `postgres-url` file in `dir`.
     pub async fn start_in(dir: PathBuf, tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let marker = dir.join("postgres-url");
+        let db = match std::fs::read_to_string(&marker) {
+            Ok(url) => TestDb::adopt_postgres(url),
+            Err(_) => TestDb::new(default_backend(), &dir).await,
+        };
+        Self::start_on_db(dir, db, tune).await
+    }
+
+    async fn start_on_db(dir: PathBuf, db: TestDb, tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        if db.backend == Backend::Postgres {
+            std::fs::write(dir.join("postgres-url"), &db.url).unwrap();
+        }
         let mut config = ServeConfig::for_dir(&dir);
+        config.database_url = db.url.clone();
         tune(&mut config);
         let state = build_state(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -89,6 +266,7 @@ impl TestServer {
             write_key,
             read_key,
             http: reqwest::Client::new(),
+            db: Some(db),
             stop: Some(stop),
             task: Some(task),
         }
@@ -107,6 +285,9 @@ impl TestServer {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         self.state.store.close().await;
+        if let Some(db) = self.db.take() {
+            db.keep();
+        }
         std::mem::take(&mut self.dir)
     }
 

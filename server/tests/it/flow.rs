@@ -1,16 +1,24 @@
 //! The push loop end to end: create → pushed → progress → completed → result, seen over REST
-//! and over SSE, and SSE resumption with Last-Event-ID.
+//! and over SSE, and SSE resumption with Last-Event-ID. The functional tests run on SQLite and
+//! on PostgreSQL.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use dap_server::store::Backend;
+
 use crate::common::*;
 
-#[tokio::test]
-async fn create_push_progress_complete_result_and_sse() {
-    let srv = TestServer::start().await;
+on_both_backends!(
+    create_push_progress_complete_result_and_sse,
+    live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates,
+    queued_task_starts_when_a_runner_connects_and_cancel_works,
+);
+
+async fn create_push_progress_complete_result_and_sse(backend: Backend) {
+    let srv = TestServer::start_on(backend).await;
     let (runner_id, cred) = srv.enrol("r1").await;
     let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &["sales"]).await;
     assert_eq!(runner.runner_id, runner_id);
@@ -105,9 +113,8 @@ async fn create_push_progress_complete_result_and_sse() {
     assert_eq!(h["events"].as_array().unwrap().len(), 6);
 }
 
-#[tokio::test]
-async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates() {
-    let srv = TestServer::start().await;
+async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates(backend: Backend) {
+    let srv = TestServer::start_on(backend).await;
     let (_, cred) = srv.enrol("r1").await;
     let mut runner = ProtoRunner::connect(srv.addr, &cred, 4, &[]).await;
 
@@ -190,9 +197,8 @@ async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates() {
     drop(runner.ws.close(None).await);
 }
 
-#[tokio::test]
-async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
-    let srv = TestServer::start().await;
+async fn queued_task_starts_when_a_runner_connects_and_cancel_works(backend: Backend) {
+    let srv = TestServer::start_on(backend).await;
     let (st, v) = srv
         .create_task(json!({ "operation_code": 100, "params": { "dataset": "sales" } }))
         .await;
@@ -263,6 +269,8 @@ async fn queued_task_starts_when_a_runner_connects_and_cancel_works() {
 /// Regression: the server sends an `ack` and then the next `assign` back to back. With Nagle's
 /// algorithm on the server's sockets the second waited for the runner's delayed ACK (~40 ms per
 /// task); connections are now `TCP_NODELAY`. The median over 20 tasks stays far below 40 ms.
+/// SQLite only: the runner socket is the same whatever the store, and on PostgreSQL each create
+/// adds round trips to another process, which on a loaded 2-core machine alone can reach 25 ms.
 #[tokio::test]
 async fn an_assignment_right_after_an_ack_is_not_held_back_by_nagle() {
     let srv = TestServer::start().await;

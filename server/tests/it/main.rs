@@ -1,6 +1,7 @@
 //! Integration tests of dap-server: one test binary (to keep link time down), real server on
 //! port 0, real sockets.
 
+#[macro_use]
 mod common;
 
 mod artifacts;
@@ -15,6 +16,7 @@ mod leases;
 mod limits;
 mod metrics;
 mod openapi;
+mod store_contract;
 mod timeouts;
 mod tls;
 mod webhooks;
