@@ -45,7 +45,8 @@ cleanup() {
   local rc=$?
   # The e2e test starts the runner; stop it here too in case the test process died first.
   [ -f "$TMP/runner.pid" ] && pids+=("$(cat "$TMP/runner.pid")")
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Newest first: the runner stops while the server still hears it.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ "$rc" -ne 0 ]; then
     echo "== failed; logs:" >&2
@@ -83,7 +84,7 @@ echo "== end-to-end test (headless Chromium, dap-server on :$DAP_PORT, page on :
 (cd web-widget && DAP_SERVER="$DAP" DAP_API_KEY="$KEY" PAGE_PORT="$PAGE_PORT" \
   DAP_RUNNER_BIN="$BIN/dap-runner" DAP_RUNNER_TOKEN="$RUNNER_TOKEN" \
   DAP_DATASET="$ROOT/runner/examples/data/sales.csv" DAP_BIG_DATASET="$TMP/big.csv" \
-  DAP_BIG_ROWS="$BIG_ROWS" E2E_TMP="$TMP" \
+  DAP_BIG_ROWS="$BIG_ROWS" E2E_TMP="$TMP" DAP_RUNNER_ON_STOP=hand-back \
   SCREENSHOT="$ROOT/web-widget/target/widget.png" CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" \
   node --test --test-timeout=120000 test/e2e/) &
 pids+=($!)

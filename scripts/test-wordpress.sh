@@ -45,7 +45,8 @@ PGIDS=() # `setsid php -S` with workers forks children: stopped by process group
 cleanup() {
   local rc=$?
   set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  # Newest first: runners stop (handing back what they run) while the server still hears them.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null; done
   for pgid in "${PGIDS[@]}"; do kill -- "-$pgid" 2>/dev/null; done
   for pid in "${PIDS[@]}" "${PGIDS[@]}"; do wait "$pid" 2>/dev/null; done
   if [[ -n "$DB_PID" ]]; then
@@ -165,6 +166,8 @@ if ((BROWSER)); then
     --cors-origin "$WP_URL" >"$T/dap-server.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 100); do curl -fs "$DAP_URL/healthz" >/dev/null && break; sleep 0.1; done
+  # Throwaway runners: on SIGTERM hand running tasks back at once instead of finishing them.
+  export DAP_RUNNER_ON_STOP=hand-back
   DAP_RUNNER_TOKEN="$RUNNER_TOKEN" "$BIN/dap-runner" --server "$DAP_URL" --name laptop --slots 1 \
     --dataset "sales=$T/sales.csv" >"$T/dap-runner.log" 2>&1 &
   PIDS+=($!)

@@ -306,6 +306,11 @@ impl Executor {
         self.inner.link_up.send_replace(true);
     }
 
+    /// Whether the link to the server is up, as it changes.
+    pub fn link(&self) -> watch::Receiver<bool> {
+        self.inner.link_up.subscribe()
+    }
+
     /// The connection ended (tasks keep running; their messages wait in the outbox).
     pub fn disconnected(&self) {
         self.inner.link_up.send_replace(false);

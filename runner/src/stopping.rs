@@ -21,6 +21,10 @@ use crate::StopMode;
 /// After handing back, how long a connected runner waits for the server to acknowledge the
 /// hand-backs before it leaves anyway (they stay journaled and are resent on the next start).
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
+/// While draining, how long the server may stay unreachable before the runner hands back what
+/// still runs: a task cannot finish without it (its result and artifacts go there), so waiting
+/// out the whole drain timeout for a server that is gone would only delay the exit.
+pub const OFFLINE_WHILE_DRAINING: Duration = Duration::from_secs(10);
 /// How often completion is checked while stopping.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -86,6 +90,26 @@ impl Stopping {
     }
 }
 
+/// Resolves once the link has been down for `limit` without a break.
+async fn offline_for(mut link: watch::Receiver<bool>, limit: Duration) {
+    loop {
+        let down = link.wait_for(|up| !*up).await.is_ok();
+        if !down {
+            // The executor is gone; nothing will change any more.
+            return std::future::pending().await;
+        }
+        let back = async { link.wait_for(|up| *up).await.is_ok() };
+        tokio::select! {
+            _ = tokio::time::sleep(limit) => return,
+            ok = back => {
+                if !ok {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
 /// Moves the phases: `stop` starts stopping per `mode`, then `stop_now` or the drain timeout
 /// hands back what still runs. Never returns (run it in a `select!` next to the connection).
 pub async fn drive(
@@ -121,6 +145,14 @@ pub async fn drive(
             _ = tokio::time::sleep(drain_timeout) => {
                 if !executor.is_idle() {
                     tracing::warn!("drain timeout reached: handing back the tasks still running");
+                }
+            }
+            _ = offline_for(executor.link(), OFFLINE_WHILE_DRAINING) => {
+                if !executor.is_idle() {
+                    tracing::warn!(
+                        "the server has been unreachable for {} s while stopping: handing back the tasks still running",
+                        OFFLINE_WHILE_DRAINING.as_secs()
+                    );
                 }
             }
         }

@@ -2064,3 +2064,63 @@ async fn kill_9_of_the_runner_binary_mid_task_requeues_it_to_another_runner_afte
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_draining_runner_whose_server_is_gone_hands_back_after_a_bound_and_resends_it_later() {
+    let Enrolled {
+        dir,
+        srv,
+        key,
+        token,
+        runner_id,
+        ..
+    } = enrolled("drain-offline").await;
+    let addr = srv.addr;
+    let mut runner = RunnerProcess::start(&srv, &token, &dir, "orphan", &["--on-stop", "finish"]);
+    wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        &key,
+        // A long read with no artifacts (an upload would need the server too).
+        Some(json!({"operation_code": 100, "runner_id": runner_id,
+                    "params": {"dataset": "big", "offset": 3_999_990, "limit": 5}})),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_status(&srv, &key, &id, &["running"], 30).await;
+
+    // The server goes away first, then the runner is asked to stop: it cannot deliver a
+    // result to nobody, so it does not wait out the 300 s drain timeout.
+    srv.shutdown().await;
+    let t0 = std::time::Instant::now();
+    runner.signal("TERM");
+    let code = runner
+        .exited_within(dap_runner::stopping::OFFLINE_WHILE_DRAINING + Duration::from_secs(10))
+        .await;
+    let took = t0.elapsed();
+    assert_eq!(code, Some(0), "{}", runner.log_text());
+    eprintln!("draining runner with its server gone exited after {took:?}");
+    let journaled = walk(&dir.join("state-orphan"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("outbox")))
+        .count();
+    // What the server has not heard waits on disk: the result, if the read finished before the
+    // bound, or else the hand-back.
+    assert_eq!(journaled, 1, "{}", runner.log_text());
+    let handed_back = runner.log_text().contains("handing back");
+    let srv = start_server(&dir.join("srv"), Some(addr)).await;
+    assert_eq!(get_task(&srv, &key, &id).await["status"], "running");
+    // The same runner starts again and sends it first: a result completes attempt 1; a
+    // hand-back requeues the task at once (not after the 30 s grace period) and it comes back
+    // to this runner as attempt 2.
+    let t1 = std::time::Instant::now();
+    let _again = RunnerProcess::start(&srv, &token, &dir, "orphan", &[]);
+    let done = wait_status(&srv, &key, &id, &["completed", "failed"], 60).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], if handed_back { 2 } else { 1 }, "{done}");
+    assert!(t1.elapsed() < Duration::from_secs(25), "{:?}", t1.elapsed());
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
