@@ -28,16 +28,15 @@ struct Node {
 
 impl Node {
     fn start(n: usize, dir: &Path, db: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_as(n, dir, db, env, true)
+    }
+
+    /// A node with or without `--cluster` (a single server, for comparison).
+    fn start_as(n: usize, dir: &Path, db: &str, env: &[(&str, &str)], cluster: bool) -> Self {
         let log = dir.join(format!("node-{n}.log"));
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--cluster",
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                db,
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", db])
+            .args(cluster.then_some("--cluster"))
             .arg("--data-dir")
             .arg(dir)
             .envs(env.iter().copied())
@@ -701,4 +700,83 @@ async fn killing_a_node_loses_no_acknowledged_task() {
     );
     let ran: BTreeMap<String, u32> = w3.assigned.into_iter().chain(r1_got).collect();
     assert!(ran.contains_key(&y.task_id) && ran.contains_key(&x2.task_id));
+}
+
+/// Durable no-op throughput: one server without `--cluster`, one node with it (the advisory
+/// lock and NOTIFY, alone), and two nodes (writers serialised on the lock). A measurement, not
+/// a check: `cargo test -p dap-server --test it -- --ignored cluster_throughput --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement; run by hand"]
+async fn cluster_throughput() {
+    const N: usize = 2000;
+    const CLIENTS: usize = 8;
+    for (label, nodes, cluster) in [
+        ("single server, no --cluster", 1, false),
+        ("one --cluster node", 1, true),
+        ("two --cluster nodes", 2, true),
+    ] {
+        let Some(c) = Cluster::new("cluster-tput").await else {
+            return;
+        };
+        let ns: Vec<Node> = (0..nodes)
+            .map(|i| Node::start_as(i, &c.dir, &c.db.url, &[("DAP_RUNNER_RATE", "0")], cluster))
+            .collect();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for (i, n) in ns.iter().enumerate() {
+            let cred = c.enrol(n, &format!("r{i}")).await;
+            let r = ProtoRunner::connect(n.addr, &cred, 16, &[]).await;
+            workers.push(tokio::spawn(work(r, 16, Duration::ZERO, done.clone(), N)));
+        }
+        let c = Arc::new(c);
+        let bases: Vec<String> = ns.iter().map(Node::base).collect();
+        let t0 = Instant::now();
+        let mut clients = Vec::new();
+        for k in 0..CLIENTS {
+            let (c, bases) = (c.clone(), bases.clone());
+            clients.push(tokio::spawn(async move {
+                for i in 0..N / CLIENTS {
+                    let url = format!("{}/api/v1/tasks", bases[(k + i) % bases.len()]);
+                    let r = c
+                        .http
+                        .post(url)
+                        .bearer_auth(&c.key)
+                        .json(&json!({ "operation_code": 1 }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            }));
+        }
+        for cl in clients {
+            cl.await.unwrap();
+        }
+        let created = t0.elapsed();
+        loop {
+            let (_, v) = c
+                .call(
+                    &ns[0],
+                    "GET",
+                    "/api/v1/tasks?status=completed&limit=1",
+                    None,
+                )
+                .await;
+            if v["total"] == N {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all = t0.elapsed();
+        eprintln!(
+            "cluster throughput, {label}: {N} tasks created in {created:?} ({:.0}/s), completed in {all:?} ({:.0}/s)",
+            N as f64 / created.as_secs_f64(),
+            N as f64 / all.as_secs_f64()
+        );
+        for w in workers {
+            w.abort();
+        }
+        drop(ns);
+    }
 }
