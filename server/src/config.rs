@@ -145,6 +145,12 @@ pub struct ServeArgs {
     /// (it exposes counts only, like `/healthz`).
     #[arg(long, env = "DAP_METRICS_TOKEN", hide_env_values = true, global = true)]
     pub metrics_token: Option<Secret>,
+    /// Run as one node of several sharing one PostgreSQL database (multi-node): events, queued
+    /// tasks and runner presence are shared through the database. Refused on SQLite. All nodes
+    /// need the same signing key (`<data-dir>/jwt-hs256.key`) and, for artifacts, the same blob
+    /// directory: give them one shared data directory.
+    #[arg(long, env = "DAP_CLUSTER", global = true)]
+    pub cluster: bool,
     /// TLS certificate chain (PEM) to serve HTTPS and `wss://` directly; needs `--tls-key`.
     #[arg(long, env = "DAP_TLS_CERT", requires = "tls_key", global = true)]
     pub tls_cert: Option<PathBuf>,
@@ -237,6 +243,8 @@ pub struct ServeConfig {
     pub limits: crate::limits::Limits,
     pub metrics_token: Option<Secret>,
     pub tls: Option<TlsFiles>,
+    /// One node of several on one PostgreSQL database (`--cluster`).
+    pub cluster: bool,
 }
 
 impl ServeConfig {
@@ -270,6 +278,7 @@ impl ServeConfig {
                 }),
                 _ => None,
             },
+            cluster: serve.cluster,
         }
     }
 
@@ -291,6 +300,7 @@ impl ServeConfig {
             limits: crate::limits::Limits::default(),
             metrics_token: None,
             tls: None,
+            cluster: false,
         }
     }
 }

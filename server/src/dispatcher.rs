@@ -6,6 +6,11 @@
 //! runner can never be handed more tasks than its slots, however many creates race. The store
 //! stays the source of truth: every assignment is a conditional write there, and the in-memory
 //! queue is only an index of what to try next. It does not parse sockets or know HTTP.
+//!
+//! In cluster mode (several servers on one PostgreSQL database) it still knows only the runners
+//! connected to *this* node; the `cluster` feed keeps its queue in step with the shared log
+//! ([`Dispatcher::observe_log`]), and a runner that connects takes over what the store says it
+//! holds, whichever node assigned it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +19,7 @@ use dap_protocol::{close_code, Assignment, DatasetInfo, Hello, ServerMessage};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::store::{now_ms, Outcome, Store, Task, WriteOp};
+use crate::store::{now_ms, Event, Outcome, Presence, Store, Task, WriteOp};
 
 /// What the socket's send half is told to do.
 #[derive(Debug)]
@@ -223,10 +228,19 @@ pub struct Dispatcher {
     /// stopping server never requeues or fails what the next process will handle.
     stopped: tokio::sync::watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This node's id in cluster mode (`None`: the only server on its database).
+    node_id: Option<String>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, metrics: Arc<crate::metrics::Metrics>, leases: Leases) -> Arc<Self> {
+    /// A dispatcher for the only server on its database (`node_id` `None`) or for cluster node
+    /// `node_id`.
+    pub fn new(
+        store: Store,
+        metrics: Arc<crate::metrics::Metrics>,
+        leases: Leases,
+        node_id: Option<String>,
+    ) -> Arc<Self> {
         let (changes, rx) = mpsc::unbounded_channel();
         let d = Arc::new(Self {
             state: Mutex::default(),
@@ -235,6 +249,7 @@ impl Dispatcher {
             leases,
             stopped: tokio::sync::watch::channel(false).0,
             metrics,
+            node_id,
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -246,11 +261,27 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This node's id in cluster mode.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
     /// Rebuilds state from the store at start-up: the queue, and the tasks runners were holding
     /// when the previous process stopped (each runner gets its grace period to resume them).
     /// Returns (queued, in flight).
+    ///
+    /// A cluster node loads the queue only: in-flight tasks belong to runners that may be
+    /// connected to other nodes; whichever node such a runner connects to takes them over, and
+    /// those of runners no node reports are requeued by the cluster's sweeper.
     pub async fn load(self: &Arc<Self>) -> Result<(usize, usize), crate::store::StoreError> {
         let tasks = self.store.queued_tasks().await?;
+        if self.node_id.is_some() {
+            let mut st = self.lock();
+            for t in &tasks {
+                st.enqueue(QueuedTask::from_task(t));
+            }
+            return Ok((tasks.len(), 0));
+        }
         let in_flight = self.store.in_flight_tasks().await?;
         let mut epochs = Vec::new();
         {
@@ -326,6 +357,11 @@ impl Dispatcher {
             v.sort();
             v
         };
+        if !tasks.is_empty() && self.connected_elsewhere(runner_id).await {
+            // It came back on another node, which took its tasks over.
+            tracing::info!(%runner_id, "runner moved to another node; its tasks are that node's now");
+            return;
+        }
         if !tasks.is_empty() {
             tracing::warn!(%runner_id, tasks = tasks.len(), "runner did not come back within its grace period");
         }
@@ -604,17 +640,45 @@ impl Dispatcher {
     /// lists it with the same attempt, and is requeued otherwise (the runner lost it). Tasks the
     /// greeting lists that the server no longer holds for it are cancelled on the runner: their
     /// attempt is superseded and its results would be refused anyway.
+    ///
+    /// A cluster node first records the runner's presence here, then also takes over what the
+    /// store says the runner holds (assigned by any node, e.g. one that died), so a runner
+    /// that moves between nodes resumes its tasks like one that reconnects to the same node.
     pub async fn register(
         self: &Arc<Self>,
         runner_id: &str,
         hello: &Hello,
         tx: mpsc::UnboundedSender<Outbound>,
     ) -> u64 {
-        let (conn_id, orphans, state, resumed) = {
+        let mut from_store = Vec::new();
+        if let Some(node) = &self.node_id {
+            let here = Presence {
+                runner_id: runner_id.to_owned(),
+                node_id: node.clone(),
+                slots: hello.slots,
+                running: hello.running.len() as u32,
+                draining: false,
+                connected: true,
+                seen_at: now_ms(),
+            };
+            if let Err(e) = self.store.upsert_presence(&here).await {
+                tracing::warn!(error = %e, %runner_id, "recording runner presence failed");
+            }
+            match self.store.runner_in_flight(runner_id).await {
+                Ok(v) => from_store = v,
+                Err(e) => {
+                    tracing::error!(error = %e, %runner_id, "reading the runner's in-flight tasks failed")
+                }
+            }
+        }
+        let (conn_id, orphans, state, resumed, rearm) = {
             let mut st = self.lock();
             st.next_conn += 1;
             let conn_id = st.next_conn;
             let mut held: HashMap<String, u32> = HashMap::new();
+            // Attempts the store knows of that this node did not hold: their timeout timers
+            // run on the node that assigned them (or died with it), so they are re-armed here.
+            let mut known_here: HashSet<(String, u32)> = HashSet::new();
             if let Some(old) = st.runners.remove(runner_id) {
                 let _ = old.tx.send(Outbound::Close(
                     close_code::REPLACED,
@@ -624,6 +688,11 @@ impl Dispatcher {
             }
             if let Some(l) = st.lingering.remove(runner_id) {
                 held.extend(l.running);
+            }
+            known_here.extend(held.iter().map(|(t, a)| (t.clone(), *a)));
+            for (task, attempt, _, _) in &from_store {
+                let a = held.entry(task.clone()).or_insert(*attempt);
+                *a = (*a).max(*attempt);
             }
             let mut running = HashMap::new();
             let mut orphans = Vec::new();
@@ -659,19 +728,38 @@ impl Dispatcher {
                 connected_at: now_ms(),
                 draining: false,
             };
+            let rearm: Vec<_> = from_store
+                .into_iter()
+                .filter(|(t, a, _, _)| {
+                    r.running.get(t) == Some(a) && !known_here.contains(&(t.clone(), *a))
+                })
+                .collect();
             let state = r.state();
             st.runners.insert(runner_id.to_owned(), r);
-            (conn_id, orphans, state, resumed)
+            (conn_id, orphans, state, resumed, rearm)
         };
         if resumed > 0 {
             tracing::info!(%runner_id, resumed, "runner resumed its tasks");
         }
+        let now = now_ms();
+        for (task, attempt, assigned_at, timeout_s) in rearm {
+            if let (Some(at), Some(t)) = (assigned_at, timeout_s) {
+                let due = at.saturating_add(i64::from(t) * 1000);
+                let left = std::time::Duration::from_millis(due.saturating_sub(now).max(0) as u64);
+                self.arm_timer(task, attempt, left);
+            }
+        }
         let hello_json = serde_json::to_string(hello).ok();
+        let mut data = json!({ "runner_id": runner_id, "state": state.as_str(), "name": hello.name,
+                               "slots": hello.slots, "resumed_tasks": resumed });
+        if let Some(node) = &self.node_id {
+            // Tells the other nodes which one the runner is on now (see `forget_moved`).
+            data["node_id"] = Value::from(node.as_str());
+        }
         let _ = self.changes.send(StateChange {
             runner_id: runner_id.to_owned(),
             kind: "runner.online",
-            data: json!({ "runner_id": runner_id, "state": state.as_str(), "name": hello.name,
-                          "slots": hello.slots, "resumed_tasks": resumed }),
+            data,
             hello: hello_json,
         });
         self.requeue_lost(runner_id, orphans, "runner_lost_task")
@@ -762,6 +850,144 @@ impl Dispatcher {
         }
     }
 
+    /// What another cluster node last reported about `runner_id` connected there (within a
+    /// grace period); `None` for the only server on its database, or when no other node has it.
+    pub async fn elsewhere(&self, runner_id: &str) -> Option<Presence> {
+        let node = self.node_id.as_ref()?;
+        let fresh_after = now_ms() - self.leases.grace.as_millis() as i64;
+        match self.store.runner_presence(runner_id, fresh_after).await {
+            Ok(rows) => rows.into_iter().find(|p| p.connected && p.node_id != *node),
+            Err(e) => {
+                tracing::warn!(error = %e, %runner_id, "reading runner presence failed");
+                None
+            }
+        }
+    }
+
+    async fn connected_elsewhere(&self, runner_id: &str) -> bool {
+        self.elsewhere(runner_id).await.is_some()
+    }
+
+    /// Cluster mode: `runner_id` connected to another node at `at` (epoch ms), and that node
+    /// took over what it holds. This node forgets it without requeueing anything: a link
+    /// registered here before then is closed as replaced, a grace period running here ends. A
+    /// link registered here after `at` is the newer one and stays.
+    pub fn forget_moved(&self, runner_id: &str, at: i64) {
+        let mut st = self.lock();
+        if st
+            .runners
+            .get(runner_id)
+            .is_some_and(|r| r.connected_at <= at)
+        {
+            let old = st.runners.remove(runner_id).expect("checked above");
+            let _ = old.tx.send(Outbound::Close(
+                close_code::REPLACED,
+                "replaced by a connection to another node".into(),
+            ));
+            tracing::info!(%runner_id, "runner moved to another node");
+        }
+        if !st.runners.contains_key(runner_id) {
+            st.lingering.remove(runner_id);
+        }
+    }
+
+    /// Cluster mode: brings the queue in step with committed events (in log order, from any
+    /// node). Tasks that were assigned or finished leave the queue; returns the ids of tasks
+    /// that were created or requeued, which the caller loads (if still queued) with
+    /// [`enqueue_loaded`](Self::enqueue_loaded).
+    pub fn observe_log(&self, events: &[Event]) -> Vec<String> {
+        // The last event of each task in this page decides.
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for e in events {
+            if let Some(t) = e.task_id.as_deref() {
+                last.insert(t, e.kind.as_str());
+            }
+        }
+        let mut candidates = Vec::new();
+        let mut st = self.lock();
+        for (task, kind) in last {
+            match kind {
+                "task.created" | "task.requeued" => candidates.push(task.to_owned()),
+                "task.assigned" | "task.completed" | "task.failed" | "task.cancelled" => {
+                    st.remove_queued(task);
+                }
+                _ => {}
+            }
+        }
+        candidates.sort();
+        candidates
+    }
+
+    /// Cluster mode: puts tasks another node created or requeued into this node's queue and
+    /// offers them to its runners (whichever node's assignment commits first wins).
+    pub async fn enqueue_loaded(self: &Arc<Self>, tasks: &[Task]) {
+        if tasks.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            // Tasks a runner here holds are not queued, whatever the read said a moment ago.
+            let held: HashSet<&str> = st
+                .runners
+                .values()
+                .flat_map(|r| r.running.keys())
+                .chain(st.lingering.values().flat_map(|l| l.running.keys()))
+                .map(String::as_str)
+                .collect();
+            let fresh: Vec<QueuedTask> = tasks
+                .iter()
+                .filter(|t| !held.contains(t.id.as_str()))
+                .map(QueuedTask::from_task)
+                .collect();
+            for t in fresh {
+                st.enqueue(t);
+            }
+        }
+        self.pump_all().await;
+    }
+
+    /// Cluster mode: requeues (or fails, on their last attempt) `(task, runner, attempt)`s that
+    /// no node looks after any more, then fills free slots. Conditional, like every requeue:
+    /// if another node did it first, nothing happens here.
+    pub async fn requeue_orphans(self: &Arc<Self>, tasks: Vec<(String, String, u32)>) {
+        for (task, runner, attempt) in tasks {
+            self.requeue_lost(&runner, vec![(task, attempt)], "runner_lost")
+                .await;
+        }
+        self.pump_all().await;
+    }
+
+    /// Cluster mode: the presence rows of this node's runners (connected or in their grace
+    /// period), for the shared presence table.
+    pub fn presence(&self) -> Vec<Presence> {
+        let node = self.node_id.clone().unwrap_or_default();
+        let st = self.lock();
+        let now = now_ms();
+        let live = st.runners.iter().map(|(id, r)| Presence {
+            runner_id: id.clone(),
+            node_id: node.clone(),
+            slots: r.slots,
+            running: r.running.len() as u32,
+            draining: r.draining,
+            connected: true,
+            seen_at: now,
+        });
+        let gone = st
+            .lingering
+            .iter()
+            .filter(|(id, _)| !st.runners.contains_key(*id))
+            .map(|(id, l)| Presence {
+                runner_id: id.clone(),
+                node_id: node.clone(),
+                slots: 0,
+                running: l.running.len() as u32,
+                draining: false,
+                connected: false,
+                seen_at: now,
+            });
+        live.chain(gone).collect()
+    }
+
     /// Fills every runner's free slots from the queue.
     pub async fn pump_all(self: &Arc<Self>) {
         let ids: Vec<String> = {
@@ -794,6 +1020,14 @@ impl Dispatcher {
                 for (key, t) in st.queue.iter() {
                     if r.running.len() as u32 >= r.slots {
                         break;
+                    }
+                    if r.running.contains_key(&t.task_id) {
+                        // A stale entry of a task this runner already holds (cluster mode: the
+                        // feed can load a task again just before its assignment commits).
+                        // Reserving it twice would let the losing reservation's cleanup drop
+                        // the winning one.
+                        taken.push(key.clone());
+                        continue;
                     }
                     if !r.can_take(runner_id, t) {
                         continue;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod cluster;
 pub mod config;
 pub mod dispatcher;
 pub mod events;
@@ -85,7 +86,24 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ServerError::Io(format!("creating {}", config.data_dir.display()), e))?;
     let bus = events::EventBus::new();
-    let store = store::Store::open(&config.database_url, bus.clone()).await?;
+    // A cluster node's writer publishes nothing: its events, like every other node's, reach
+    // the bus through the cluster feed, from the log.
+    let (store, node_id) = if config.cluster {
+        let store =
+            store::Store::open_with(&config.database_url, store::EventRoute::Cluster).await?;
+        (store, Some(cluster::new_node_id()))
+    } else {
+        (
+            store::Store::open(&config.database_url, bus.clone()).await?,
+            None,
+        )
+    };
+    // Events up to here are history (served from the log); the feed publishes what follows.
+    // Read before the queue is loaded, so a task created in between is seen by one or both.
+    let log_end = match node_id {
+        Some(_) => store.last_event_id().await?,
+        None => 0,
+    };
     let jwt = auth::JwtKeys::load_or_create(&config.data_dir)?;
     let blob_dir = config.data_dir.join("blobs");
     let blobs = blobs::FsBlobStore::new(&blob_dir)
@@ -98,6 +116,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
             grace: config.runner_grace,
             max_attempts: config.max_attempts,
         },
+        node_id.clone(),
     );
     let (queued, in_flight) = dispatcher.load().await?;
     tracing::info!(
@@ -108,6 +127,17 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
     );
     webhooks::spawn_worker(store.clone(), config.webhooks, metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
+    if let Some(node_id) = &node_id {
+        tracing::info!(%node_id, "cluster mode: this server is one node of several on its database");
+        cluster::spawn(
+            store.clone(),
+            bus.clone(),
+            dispatcher.clone(),
+            log_end,
+            config.runner_grace,
+            shutdown.clone(),
+        );
+    }
     Ok(Arc::new(Shared {
         keys: auth::ApiKeyVerifier::new(store.clone()),
         blobs,

@@ -512,7 +512,12 @@ async fn finish(
     let runner_id = runner_id.to_owned();
     tokio::spawn(async move {
         match done.await {
-            Ok(Ok(_)) => ack(),
+            Ok(Ok(outcome)) => {
+                if outcome == crate::store::Outcome::Applied(false) {
+                    tracing::info!(%runner_id, %task_id, attempt, "result refused: the attempt was superseded meanwhile");
+                }
+                ack()
+            }
             // Not acknowledged: the runner sends it again after its next reconnect.
             Ok(Err(e)) => tracing::error!(error = %e, %task_id, "recording a result failed"),
             Err(_) => {}

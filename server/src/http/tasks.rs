@@ -354,7 +354,12 @@ async fn create(
             let target = target.as_deref().unwrap_or_default();
             match s.store.get_runner(target).await? {
                 Some(r) if r.revoked_at.is_none() => {
-                    if !req.queue {
+                    if let Some(p) = s.dispatcher.elsewhere(target).await {
+                        // Connected to another node: stored queued, and that node's feed
+                        // pushes it. Judged from what that node last reported (a few seconds
+                        // old at most), so busy/draining refusals are best-effort here.
+                        remote_target(&r, &p, code, queued.dataset.as_deref(), req.queue)?;
+                    } else if !req.queue {
                         return Err(ApiError::conflict(
                             "runner_offline",
                             format!(
@@ -436,6 +441,70 @@ async fn create(
         StatusCode::CREATED,
         Json(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": assign_to })),
     ))
+}
+
+/// Cluster mode: checks a task targeted at runner `r`, which is connected to another node
+/// that last reported it as `p`. The runner's operations and datasets come from its last
+/// greeting (stored); busy and draining from the presence report, so they may be seconds old.
+fn remote_target(
+    r: &crate::store::Runner,
+    p: &crate::store::Presence,
+    code: u16,
+    dataset: Option<&str>,
+    queue: bool,
+) -> Result<(), ApiError> {
+    let hello = r.hello.as_ref();
+    let supports = hello
+        .and_then(|h| h.get("operations"))
+        .and_then(Value::as_array)
+        .is_none_or(|ops| ops.iter().any(|o| o.as_u64() == Some(u64::from(code))));
+    if !supports {
+        return Err(ApiError::unprocessable(
+            "unsupported_operation",
+            format!("runner {} does not support operation {code}", r.id),
+        ));
+    }
+    if let Some(d) = dataset {
+        let declared = hello
+            .and_then(|h| h.get("datasets"))
+            .and_then(Value::as_array)
+            .is_none_or(|ds| {
+                ds.iter()
+                    .any(|x| x.get("name").and_then(Value::as_str) == Some(d))
+            });
+        if !declared {
+            return Err(ApiError::unprocessable(
+                "unknown_dataset",
+                format!("runner {} does not declare a dataset named {d:?}", r.id),
+            ));
+        }
+    }
+    if queue {
+        return Ok(());
+    }
+    if p.draining {
+        return Err(ApiError::Conflict {
+            code: "runner_draining",
+            message: format!(
+                "runner {} ({}) is shutting down: it finishes the tasks it holds and takes no \
+                 new ones; pass \"queue\": true to run the task when it is back",
+                r.name, r.id
+            ),
+            details: Some(json!({ "runner_id": r.id, "running_tasks": [] })),
+        });
+    }
+    if p.running >= p.slots {
+        return Err(ApiError::Conflict {
+            code: "runner_busy",
+            message: format!(
+                "runner {} ({}) is busy ({} of {} slots taken, as reported by the node it is \
+                 connected to); retry later or pass \"queue\": true",
+                r.name, r.id, p.running, p.slots
+            ),
+            details: Some(json!({ "runner_id": r.id, "running_tasks": [] })),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -26,6 +26,7 @@ macro_rules! on_pool {
     };
 }
 
+mod cluster;
 pub mod model;
 mod postgres;
 mod sql;
@@ -38,7 +39,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::events::EventBus;
+pub use cluster::Presence;
 pub use model::*;
+pub use postgres::EVENTS_CHANNEL;
 use sql::DbRow;
 pub use writer::{CancelOutcome, Outcome, WriteOp, Writer};
 
@@ -57,6 +60,10 @@ pub enum StoreError {
     WriterGone,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "cluster mode needs a PostgreSQL database (postgres://…); SQLite serves one server only"
+    )]
+    ClusterNeedsPostgres,
 }
 
 impl StoreError {
@@ -96,6 +103,18 @@ impl Backend {
             Err(StoreError::UnsupportedUrl(scheme.to_owned()))
         }
     }
+}
+
+/// Where the writer's committed events go.
+#[derive(Clone)]
+pub enum EventRoute {
+    /// One server on the database: the writer publishes each batch's events on this bus after
+    /// its commit.
+    Local(EventBus),
+    /// One of several servers on one PostgreSQL database (`--cluster`): the writer serialises
+    /// its transactions with every other server's (advisory lock), announces committed events
+    /// with NOTIFY and publishes nothing; the `cluster` feed reads them back from the log.
+    Cluster,
 }
 
 /// The read pool of one backend.
@@ -154,9 +173,22 @@ impl Store {
     /// Set `DAP_SQLITE_SYNCHRONOUS=FULL` to trade throughput for power-loss durability.
     /// PostgreSQL's durability is the server's own (`synchronous_commit`, `fsync`).
     pub async fn open(url: &str, bus: EventBus) -> Result<Self, StoreError> {
+        Self::open_with(url, EventRoute::Local(bus)).await
+    }
+
+    /// [`open`](Self::open) with the writer's events routed by `route`; [`EventRoute::Cluster`]
+    /// is refused on SQLite.
+    pub async fn open_with(url: &str, route: EventRoute) -> Result<Self, StoreError> {
         let outbox = Outbox::default();
-        let (db, writer) = match Backend::of_url(url)? {
+        let backend = Backend::of_url(url)?;
+        let bus = match route {
+            EventRoute::Local(bus) => Some(bus),
+            EventRoute::Cluster if backend == Backend::Postgres => None,
+            EventRoute::Cluster => return Err(StoreError::ClusterNeedsPostgres),
+        };
+        let (db, writer) = match backend {
             Backend::Sqlite => {
+                let bus = bus.unwrap_or_default();
                 let opts = sqlite::connect_options(url)?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)

@@ -4,8 +4,12 @@
 //! SQLite; reads go through the sqlx pool in `mod.rs`.
 //!
 //! One writer task per process, one transaction at a time: that is what makes event ids (taken
-//! from an identity column at insert time) increase in commit order. It does not coordinate
-//! with other servers on the same database; that needs more (ARCHITECTURE.md, multi-node).
+//! from an identity column at insert time) increase in commit order. With several servers on
+//! the database (`--cluster`) every writer transaction first takes one transaction-scoped
+//! advisory lock ([`EVENT_ORDER_LOCK`]), so the writers of all servers commit one at a time and
+//! ids stay in commit order across them; before committing, a transaction that appended events
+//! sends `NOTIFY dap_events '<last id>'` (delivered at commit). A clustered writer publishes
+//! nothing on the bus: the `cluster` feed reads committed events back from the log.
 //! No TLS: sqlx is built without a TLS backend, so `sslmode=require` fails and `prefer` (the
 //! default) connects in plain TCP (or over a Unix socket: `postgres:///db?host=/run/postgresql`).
 
@@ -19,6 +23,16 @@ use super::writer::{commit_batch, fill, Pending, WriteConn, WriteTx, Writer, MAX
 use super::{Outbox, StoreError};
 use crate::events::EventBus;
 
+/// The advisory lock every clustered writer transaction holds from its start to its commit
+/// (`pg_advisory_xact_lock`): the writers of all servers on the database commit one at a time,
+/// so event ids (taken at insert) increase in commit order. Taken first, before any row lock,
+/// so two writers can never deadlock on it. ("dap_evts" in ASCII.)
+pub const EVENT_ORDER_LOCK: i64 = 0x6461_705f_6576_7473;
+
+/// The NOTIFY channel a clustered writer announces committed events on; the payload is the id
+/// of the last event of the transaction.
+pub const EVENTS_CHANNEL: &str = "dap_events";
+
 /// Options for `postgres://` and `postgresql://` URLs (user, password, host, port, database and
 /// the usual query parameters).
 pub(super) fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -26,41 +40,69 @@ pub(super) fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError>
 }
 
 /// Starts the writer task on the current tokio runtime. It ends when every handle is dropped.
-pub(super) fn spawn_writer(pool: PgPool, bus: EventBus, outbox: Outbox) -> Writer {
+/// With a `bus` it publishes committed events there (one server on the database); without one
+/// it is a clustered writer (advisory lock, NOTIFY, nothing published).
+pub(super) fn spawn_writer(pool: PgPool, bus: Option<EventBus>, outbox: Outbox) -> Writer {
     let (tx, rx) = Writer::channel();
-    tokio::spawn(run(PgConn(pool), rx, bus, outbox));
+    let conn = PgConn {
+        pool,
+        cluster: bus.is_none(),
+    };
+    tokio::spawn(run(conn, rx, bus, outbox));
     Writer::new(tx, std::sync::Arc::new(()))
 }
 
-async fn run(mut conn: PgConn, mut rx: mpsc::Receiver<Pending>, bus: EventBus, outbox: Outbox) {
+async fn run(
+    mut conn: PgConn,
+    mut rx: mpsc::Receiver<Pending>,
+    bus: Option<EventBus>,
+    outbox: Outbox,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         fill(&mut rx, &mut batch);
-        commit_batch(&mut conn, &mut batch, &bus, &outbox).await;
+        commit_batch(&mut conn, &mut batch, bus.as_ref(), &outbox).await;
     }
-    conn.0.close().await;
+    conn.pool.close().await;
 }
 
 /// The writer's pool (one connection).
-struct PgConn(PgPool);
+struct PgConn {
+    pool: PgPool,
+    /// One of several servers on the database: serialise on [`EVENT_ORDER_LOCK`] and NOTIFY.
+    cluster: bool,
+}
 
 impl WriteConn for PgConn {
     type Tx<'c> = PgTx;
 
     async fn begin(&mut self) -> Result<PgTx, StoreError> {
-        Ok(PgTx(self.0.begin().await?))
+        let mut tx = self.pool.begin().await?;
+        if self.cluster {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(EVENT_ORDER_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(PgTx {
+            tx,
+            cluster: self.cluster,
+        })
     }
 }
 
 /// Dropped without commit, sqlx rolls it back before the connection is used again.
-struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+struct PgTx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    cluster: bool,
+}
 
 impl WriteTx for PgTx {
     async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         let sql = numbered(sql);
         let done = bind_pg(sqlx::query(&sql), args)
-            .execute(&mut *self.0)
+            .execute(&mut *self.tx)
             .await?;
         Ok(done.rows_affected())
     }
@@ -73,12 +115,23 @@ impl WriteTx for PgTx {
     ) -> Result<Option<T>, StoreError> {
         let sql = numbered(sql);
         let row = bind_pg(sqlx::query(&sql), args)
-            .fetch_optional(&mut *self.0)
+            .fetch_optional(&mut *self.tx)
             .await?;
         row.map(|r| read(&r)).transpose()
     }
 
+    async fn announce(&mut self, last_event_id: i64) -> Result<(), StoreError> {
+        if self.cluster {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(last_event_id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.0.commit().await?)
+        Ok(self.tx.commit().await?)
     }
 }

@@ -100,7 +100,7 @@ fn run(mut conn: SqliteConn, mut rx: mpsc::Receiver<Pending>, bus: EventBus, out
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         fill(&mut rx, &mut batch);
-        run_ready(commit_batch(&mut conn, &mut batch, &bus, &outbox));
+        run_ready(commit_batch(&mut conn, &mut batch, Some(&bus), &outbox));
     }
 }
 

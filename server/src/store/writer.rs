@@ -12,8 +12,11 @@
 //! (`postgres.rs`).
 //!
 //! Event ids increase in commit order because there is one writer and it commits one
-//! transaction at a time: PostgreSQL takes identity values at insert, not at commit, so a second
-//! writer on the same database (several servers) would break this.
+//! transaction at a time: PostgreSQL takes identity values at insert, not at commit. Several
+//! servers on one database (`--cluster`) keep that order because each of their writers takes
+//! one advisory lock at the start of every transaction (see `postgres.rs`); such a writer
+//! publishes nothing itself but announces the batch's last event id (NOTIFY) and every node's
+//! `cluster` feed publishes from the log.
 //!
 //! It does not decide *what* to write (the dispatcher and the HTTP layer do) and it never
 //! publishes an event whose transaction did not commit.
@@ -173,6 +176,12 @@ pub(super) trait WriteTx {
         args: &[Arg<'_>],
         read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError>;
+    /// Called before the commit of a transaction that appended events, with the last one's id.
+    /// A clustered PostgreSQL writer tells the other servers (NOTIFY, delivered at commit); by
+    /// default nothing happens.
+    async fn announce(&mut self, _last_event_id: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn commit(self) -> Result<(), StoreError>;
 }
 
@@ -186,12 +195,13 @@ pub(super) fn fill(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
     }
 }
 
-/// Commits `batch` as one transaction, then publishes its events and answers every waiter
+/// Commits `batch` as one transaction, then publishes its events on `bus` (when there is one:
+/// a clustered writer has none, its events reach the bus from the log) and answers every waiter
 /// (after the commit, in that order). Leaves `batch` empty.
 pub(super) async fn commit_batch<C: WriteConn>(
     conn: &mut C,
     batch: &mut Vec<Pending>,
-    bus: &EventBus,
+    bus: Option<&EventBus>,
     outbox: &Outbox,
 ) {
     let subs = outbox.subscriptions();
@@ -201,7 +211,9 @@ pub(super) async fn commit_batch<C: WriteConn>(
             if events.iter().any(|e| subs.iter().any(|s| s.wants(&e.kind))) {
                 outbox.notify();
             }
-            bus.publish_all(events);
+            if let Some(bus) = bus {
+                bus.publish_all(events);
+            }
             for (p, o) in batch.drain(..).zip(outcomes) {
                 let _ = p.reply.send(Ok(o));
             }
@@ -227,7 +239,9 @@ pub(super) async fn commit_batch<C: WriteConn>(
                 let r = match apply_batch(conn, &[&p.op], &subs).await {
                     Ok((mut o, events)) => {
                         outbox.notify();
-                        bus.publish_all(events);
+                        if let Some(bus) = bus {
+                            bus.publish_all(events);
+                        }
                         Ok(o.remove(0))
                     }
                     Err(e) => Err(e),
@@ -270,6 +284,9 @@ async fn apply_batch<C: WriteConn>(
                 .await?;
             }
         }
+    }
+    if let Some(last) = events.last() {
+        tx.announce(last.id).await?;
     }
     tx.commit().await?;
     Ok((outcomes, events))

@@ -6,6 +6,7 @@ mod common;
 
 mod artifacts;
 mod auth;
+mod cluster;
 mod concurrency;
 mod crash;
 mod dispatch;

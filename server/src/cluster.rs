@@ -1,0 +1,218 @@
+//! Multi-node operation (`--cluster`): several `dap-server` processes ("nodes") on one
+//! PostgreSQL database, each with its own runners. This module runs a node's two background
+//! loops; everything else behaves as on a single server.
+//!
+//! - **The feed** LISTENs on `dap_events` (the writers of all nodes NOTIFY the last event id of
+//!   each commit) and reads committed events from the log in id order. It is the only publisher
+//!   on this node's bus, so every node's SSE streams see every node's events, in log order,
+//!   once. It also keeps the dispatcher in step with the other nodes: tasks created or requeued
+//!   anywhere are offered to the runners here (the conditional assignment lets exactly one node
+//!   win), tasks assigned or finished anywhere leave the local queue, and a runner that
+//!   connected to another node is forgotten here. A poll of the log every second covers lost
+//!   notifications; after the listener reconnects, the feed catches up from the log.
+//! - **Presence** writes which runners are on this node every few seconds (`runner_presence`)
+//!   and requeues the in-flight tasks of runners no node has reported for a grace period (their
+//!   node died and they did not reconnect anywhere). Every node sweeps; the requeue is a
+//!   conditional write, so only one wins.
+//!
+//! It places no task itself (the dispatcher does) and writes tasks only through the writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::dispatcher::Dispatcher;
+use crate::events::EventBus;
+use crate::store::{now_ms, Event, Store, StoreError};
+
+/// Events read from the log per query.
+const PAGE: u32 = 1000;
+/// How often the feed reads the log without being notified (lost notifications, quiet nodes).
+const POLL: Duration = Duration::from_secs(1);
+
+/// A new node id: a UUIDv7, so ids sort by start time.
+pub fn new_node_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// What the listener tells the feed.
+#[derive(Debug)]
+enum Signal {
+    /// A transaction committed events up to this id.
+    Committed(i64),
+    /// The listener (re)connected; notifications may have been lost before.
+    Listening,
+}
+
+/// Starts the feed and presence loops of node `node_id`. The feed publishes every event with
+/// an id above `published_up_to` (the log's end when the node started). Both stop on `stop`.
+pub fn spawn(
+    store: Store,
+    bus: EventBus,
+    dispatcher: Arc<Dispatcher>,
+    published_up_to: i64,
+    grace: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let feed = Feed {
+        store: store.clone(),
+        bus,
+        dispatcher: dispatcher.clone(),
+        published: published_up_to,
+        node_id: dispatcher.node_id().unwrap_or_default().to_owned(),
+    };
+    tokio::spawn(feed.run(stop.clone()));
+    tokio::spawn(presence(store, dispatcher, grace, stop));
+}
+
+/// Holds the listener connection and forwards notifications, so the feed never cancels a read
+/// of it halfway.
+async fn listen(store: Store, tx: mpsc::UnboundedSender<Signal>) {
+    loop {
+        let mut listener = match store.event_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: LISTEN failed; retrying");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        if tx.send(Signal::Listening).is_err() {
+            return;
+        }
+        loop {
+            let signal = match listener.try_recv().await {
+                Ok(Some(n)) => Signal::Committed(n.payload().parse().unwrap_or(i64::MAX)),
+                // The connection was lost and re-established (sqlx's eager reconnect).
+                Ok(None) => Signal::Listening,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: listener failed; reconnecting");
+                    break;
+                }
+            };
+            if tx.send(signal).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Feed {
+    store: Store,
+    bus: EventBus,
+    dispatcher: Arc<Dispatcher>,
+    /// Id of the last event published on the bus.
+    published: i64,
+    node_id: String,
+}
+
+impl Feed {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listener = tokio::spawn(listen(self.store.clone(), tx));
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wanted = tokio::select! {
+                s = rx.recv() => match s {
+                    Some(Signal::Committed(id)) => id > self.published,
+                    Some(Signal::Listening) => true,
+                    None => break,
+                },
+                _ = poll.tick() => true,
+                _ = stop.wait_for(|v| *v) => break,
+            };
+            // Whatever else arrived meanwhile is covered by the same read.
+            while rx.try_recv().is_ok() {}
+            if wanted {
+                if let Err(e) = self.catch_up().await {
+                    tracing::warn!(error = %e, "cluster: reading the event log failed");
+                }
+            }
+        }
+        listener.abort();
+    }
+
+    /// Publishes every committed event after the last one published, in id order, and feeds
+    /// them to the dispatcher.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let page = self.store.events_after(self.published, None, PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            self.published = last.id;
+            let full = page.len() == PAGE as usize;
+            let candidates = self.observe(&page);
+            self.bus.publish_all(page);
+            let tasks = self.store.queued_tasks_among(&candidates).await?;
+            self.dispatcher.enqueue_loaded(&tasks).await;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies what the dispatcher must know of `page` at once; returns the ids of tasks that
+    /// were created or requeued (to load, if still queued).
+    fn observe(&self, page: &[Event]) -> Vec<String> {
+        for e in page.iter().filter(|e| e.kind == "runner.online") {
+            let Ok(data) = serde_json::from_str::<Value>(&e.json) else {
+                continue;
+            };
+            let node = data.get("node_id").and_then(Value::as_str);
+            let runner = data.get("runner_id").and_then(Value::as_str);
+            let at = data.get("at").and_then(Value::as_i64).unwrap_or(i64::MAX);
+            if let (Some(node), Some(runner)) = (node, runner) {
+                if node != self.node_id {
+                    self.dispatcher.forget_moved(runner, at);
+                }
+            }
+        }
+        self.dispatcher.observe_log(page)
+    }
+}
+
+/// Writes this node's runners to the presence table and sweeps tasks nobody looks after.
+async fn presence(
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let node_id = dispatcher.node_id().unwrap_or_default().to_owned();
+    // Several refreshes per grace period, so one slow write does not make a runner look gone.
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let now = now_ms();
+        if let Err(e) = store
+            .set_presence(&node_id, &dispatcher.presence(), now)
+            .await
+        {
+            tracing::warn!(error = %e, "cluster: writing runner presence failed");
+            continue;
+        }
+        let stale_before = now - grace.as_millis() as i64;
+        match store.orphaned_in_flight(stale_before).await {
+            Ok(orphans) if !orphans.is_empty() => {
+                for (task_id, runner_id, attempt) in &orphans {
+                    tracing::warn!(
+                        %task_id, %runner_id, attempt,
+                        "cluster: requeueing a task whose runner no node has reported for a grace period"
+                    );
+                }
+                dispatcher.requeue_orphans(orphans).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cluster: sweeping orphaned tasks failed"),
+        }
+    }
+}
