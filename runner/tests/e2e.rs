@@ -38,7 +38,17 @@ struct Server {
 }
 
 async fn start_server(dir: &Path, addr: Option<std::net::SocketAddr>) -> Server {
-    let config = ServeConfig::for_dir(dir);
+    start_server_with(dir, addr, |_| {}).await
+}
+
+/// [`start_server`] with the configuration adjusted first.
+async fn start_server_with(
+    dir: &Path,
+    addr: Option<std::net::SocketAddr>,
+    tune: impl FnOnce(&mut ServeConfig),
+) -> Server {
+    let mut config = ServeConfig::for_dir(dir);
+    tune(&mut config);
     let state = build_state(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind(addr.unwrap_or(config.listen))
         .await
@@ -1561,6 +1571,22 @@ async fn wait_runner_state(srv: &Server, key: &str, runner_id: &str, want: &str,
     }
 }
 
+/// Enrols a runner through the REST API: its id and credential.
+async fn enrol_runner(srv: &Server, key: &str, name: &str) -> (String, String) {
+    let (st, r) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/runners"),
+        key,
+        Some(json!({ "name": name })),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    (
+        r["runner_id"].as_str().unwrap().to_owned(),
+        r["token"].as_str().unwrap().to_owned(),
+    )
+}
+
 async fn get_task(srv: &Server, key: &str, id: &str) -> Value {
     call(
         reqwest::Method::GET,
@@ -1671,16 +1697,7 @@ async fn sigterm_with_hand_back_requeues_at_once_to_another_runner() {
     assert_eq!(running["runner_id"], runner_id.as_str(), "{running}");
 
     // A second runner comes online with the same dataset.
-    let (st, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "staying"})),
-    )
-    .await;
-    assert_eq!(st, 201, "{r}");
-    let other_id = r["runner_id"].as_str().unwrap().to_owned();
-    let other_token = r["token"].as_str().unwrap().to_owned();
+    let (other_id, other_token) = enrol_runner(&srv, &key, "staying").await;
     let mut staying = RunnerProcess::start(&srv, &other_token, &dir, "staying", &[]);
     wait_runner_state(&srv, &key, &other_id, "idle", 60).await;
 
@@ -1766,27 +1783,11 @@ async fn a_second_sigterm_hands_back_what_is_still_running() {
 
 /// A server with a short heartbeat and the given grace period, for the fault tests.
 async fn start_server_tuned(dir: &Path, grace: Duration) -> Server {
-    let mut config = ServeConfig::for_dir(dir);
-    config.heartbeat = Duration::from_millis(300);
-    config.runner_grace = grace;
-    let state = build_state(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let st = state.clone();
-    let join = tokio::spawn(async move {
-        serve(dap_server::no_delay(listener), st, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server {
-        addr,
-        state,
-        stop: Some(stop),
-        join,
-    }
+    start_server_with(dir, None, |config| {
+        config.heartbeat = Duration::from_millis(300);
+        config.runner_grace = grace;
+    })
+    .await
 }
 
 async fn task_events(srv: &Server, key: &str, id: &str) -> Vec<Value> {
@@ -1836,15 +1837,7 @@ async fn real_runner_cut_off_mid_task_within_grace_resumes_and_completes_once() 
     let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
         .await
         .unwrap();
-    let (_, r) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/runners"),
-        &key,
-        Some(json!({"name": "flaky"})),
-    )
-    .await;
-    let token = r["token"].as_str().unwrap().to_owned();
-    let runner_id = r["runner_id"].as_str().unwrap().to_owned();
+    let (runner_id, token) = enrol_runner(&srv, &key, "flaky").await;
     let proxy = fault_proxy::FaultProxy::start(srv.addr).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let runner = tokio::spawn(dap_runner::run(
@@ -1910,20 +1903,10 @@ async fn real_runner_cut_off_past_grace_loses_its_task_to_another_which_complete
     let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
         .await
         .unwrap();
-    let mut enrol = Vec::new();
-    for name in ["cut-off", "steady"] {
-        let (_, r) = call(
-            reqwest::Method::POST,
-            srv.url("/api/v1/runners"),
-            &key,
-            Some(json!({ "name": name })),
-        )
-        .await;
-        enrol.push((
-            r["runner_id"].as_str().unwrap().to_owned(),
-            r["token"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let enrol = [
+        enrol_runner(&srv, &key, "cut-off").await,
+        enrol_runner(&srv, &key, "steady").await,
+    ];
     let cut_proxy = fault_proxy::FaultProxy::start(srv.addr).await;
     let steady_proxy = fault_proxy::FaultProxy::start(srv.addr).await;
     let (stop_a, stopped_a) = oneshot::channel::<()>();
@@ -2004,20 +1987,10 @@ async fn kill_9_of_the_runner_binary_mid_task_requeues_it_to_another_runner_afte
     let (_, key) = auth::api_keys::create_api_key(&srv.state.store, "t", Scope::Admin)
         .await
         .unwrap();
-    let mut enrol = Vec::new();
-    for name in ["doomed", "survivor"] {
-        let (_, r) = call(
-            reqwest::Method::POST,
-            srv.url("/api/v1/runners"),
-            &key,
-            Some(json!({ "name": name })),
-        )
-        .await;
-        enrol.push((
-            r["runner_id"].as_str().unwrap().to_owned(),
-            r["token"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let enrol = [
+        enrol_runner(&srv, &key, "doomed").await,
+        enrol_runner(&srv, &key, "survivor").await,
+    ];
     let doomed = RunnerProcess::start(&srv, &enrol[0].1, &dir, "doomed", &[]);
     wait_runner_state(&srv, &key, &enrol[0].0, "idle", 60).await;
     let (st, t) = call(
