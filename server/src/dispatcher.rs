@@ -892,7 +892,8 @@ impl Dispatcher {
     }
 
     /// Cluster mode: brings the queue in step with committed events (in log order, from any
-    /// node). Tasks that were assigned or finished leave the queue; returns the ids of tasks
+    /// node). Tasks that were assigned or finished leave the queue; a task cancelled through any
+    /// node is stopped on its runner if that runner is connected here; returns the ids of tasks
     /// that were created or requeued, which the caller loads (if still queued) with
     /// [`enqueue_loaded`](Self::enqueue_loaded).
     pub fn observe_log(&self, events: &[Event]) -> Vec<String> {
@@ -901,6 +902,9 @@ impl Dispatcher {
         for e in events {
             if let Some(t) = e.task_id.as_deref() {
                 last.insert(t, e.kind.as_str());
+            }
+            if e.kind == "task.cancelled" {
+                self.cancel_from_log(e);
             }
         }
         let mut candidates = Vec::new();
@@ -916,6 +920,34 @@ impl Dispatcher {
         }
         candidates.sort();
         candidates
+    }
+
+    /// A `task.cancelled` event names the runner and attempt it was cancelled on: tell that
+    /// runner to stop, when it is connected here and still holds the attempt (the node that
+    /// took the cancel request may be another one). Repeating a cancel the runner already got
+    /// is harmless.
+    fn cancel_from_log(&self, e: &Event) {
+        let Ok(data) = serde_json::from_str::<Value>(&e.json) else {
+            return;
+        };
+        let (Some(task), Some(runner), Some(attempt)) = (
+            e.task_id.as_deref(),
+            data.get("runner_id").and_then(Value::as_str),
+            data.get("attempt")
+                .and_then(Value::as_u64)
+                .and_then(|a| u32::try_from(a).ok()),
+        ) else {
+            return;
+        };
+        let st = self.lock();
+        if let Some(r) = st.runners.get(runner) {
+            if r.running.get(task) == Some(&attempt) {
+                let _ = r.tx.send(Outbound::Send(ServerMessage::Cancel {
+                    task_id: task.to_owned(),
+                    attempt,
+                }));
+            }
+        }
     }
 
     /// Cluster mode: puts tasks another node created or requeued into this node's queue and

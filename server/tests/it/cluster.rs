@@ -701,3 +701,38 @@ async fn killing_a_node_loses_no_acknowledged_task() {
     let ran: BTreeMap<String, u32> = w3.assigned.into_iter().chain(r1_got).collect();
     assert!(ran.contains_key(&y.task_id) && ran.contains_key(&x2.task_id));
 }
+
+/// A task cancelled through node A while it runs on a runner connected to node B: B's runner
+/// is told to stop (B learns of the cancel from the shared log).
+#[tokio::test]
+async fn a_cancel_on_one_node_stops_the_task_on_a_runner_of_another() {
+    let Some(c) = Cluster::new("cluster-cancel").await else {
+        return;
+    };
+    let a = c.node(1, &[]);
+    let b = c.node(2, &[]);
+    let cred = c.enrol(&a, "on-b").await;
+    let mut runner = ProtoRunner::connect(b.addr, &cred, 1, &[]).await;
+    let t = c.create(&a, json!({ "operation_code": 1 })).await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let got = runner.next_assignment(10).await;
+    assert_eq!(got.task_id, id);
+    runner.progress(&got, 10, "working").await;
+
+    let t0 = Instant::now();
+    let (st, v) = c
+        .call(&a, "POST", &format!("/api/v1/tasks/{id}/cancel"), None)
+        .await;
+    assert!(st == 200 || st == 202, "{st} {v}");
+    match runner.next(10).await {
+        Some(ServerMessage::Cancel { task_id, attempt }) => {
+            assert_eq!((task_id.as_str(), attempt), (id.as_str(), 1));
+        }
+        other => panic!("expected a cancel on node B's runner, got {other:?}"),
+    }
+    eprintln!(
+        "cancel on A → B's runner told to stop after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(c.task(&a, &id).await["status"], "cancelled");
+}
