@@ -1587,6 +1587,19 @@ async fn enrol_runner(srv: &Server, key: &str, name: &str) -> (String, String) {
     )
 }
 
+/// POSTs a task, asserts the 201 and returns its id.
+async fn create_task(srv: &Server, key: &str, body: Value) -> String {
+    let (st, t) = call(
+        reqwest::Method::POST,
+        srv.url("/api/v1/tasks"),
+        key,
+        Some(body),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    t["task_id"].as_str().unwrap().to_owned()
+}
+
 async fn get_task(srv: &Server, key: &str, id: &str) -> Value {
     call(
         reqwest::Method::GET,
@@ -1611,15 +1624,7 @@ async fn sigterm_drains_the_runner_binary_which_finishes_its_task_then_exits() {
     let mut runner = RunnerProcess::start(&srv, &token, &dir, "finisher", &["--on-stop", "finish"]);
     wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
 
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(Some(&runner_id))),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(Some(&runner_id))).await;
     wait_status(&srv, &key, &id, &["running"], 30).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -1684,15 +1689,7 @@ async fn sigterm_with_hand_back_requeues_at_once_to_another_runner() {
     let mut leaving =
         RunnerProcess::start(&srv, &token, &dir, "leaving", &["--on-stop", "hand-back"]);
     wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(None)),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(None)).await;
     let running = wait_status(&srv, &key, &id, &["running"], 30).await;
     assert_eq!(running["runner_id"], runner_id.as_str(), "{running}");
 
@@ -1754,15 +1751,7 @@ async fn a_second_sigterm_hands_back_what_is_still_running() {
     } = enrolled("drain-twice").await;
     let mut runner = RunnerProcess::start(&srv, &token, &dir, "twice", &[]);
     wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(Some(&runner_id))),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(Some(&runner_id))).await;
     wait_status(&srv, &key, &id, &["running"], 30).await;
     runner.signal("TERM");
     wait_runner_state(&srv, &key, &runner_id, "draining", 5).await;
@@ -1848,15 +1837,7 @@ async fn real_runner_cut_off_mid_task_within_grace_resumes_and_completes_once() 
     ));
     wait_runner_state(&srv, &key, &runner_id, "idle", 60).await;
 
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(None)),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(None)).await;
     wait_status(&srv, &key, &id, &["running"], 30).await;
 
     // The link is cut mid-task and stays down for a while; the task keeps running locally.
@@ -1917,15 +1898,7 @@ async fn real_runner_cut_off_past_grace_loses_its_task_to_another_which_complete
         },
     ));
     wait_runner_state(&srv, &key, &enrol[0].0, "idle", 60).await;
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(None)),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(None)).await;
     let running = wait_status(&srv, &key, &id, &["running"], 30).await;
     assert_eq!(running["runner_id"], enrol[0].0.as_str());
 
@@ -1993,15 +1966,7 @@ async fn kill_9_of_the_runner_binary_mid_task_requeues_it_to_another_runner_afte
     ];
     let doomed = RunnerProcess::start(&srv, &enrol[0].1, &dir, "doomed", &[]);
     wait_runner_state(&srv, &key, &enrol[0].0, "idle", 60).await;
-    let (st, t) = call(
-        reqwest::Method::POST,
-        srv.url("/api/v1/tasks"),
-        &key,
-        Some(long_filter(None)),
-    )
-    .await;
-    assert_eq!(st, 201, "{t}");
-    let id = t["task_id"].as_str().unwrap().to_owned();
+    let id = create_task(&srv, &key, long_filter(None)).await;
     let running = wait_status(&srv, &key, &id, &["running"], 30).await;
     assert_eq!(running["runner_id"], enrol[0].0.as_str());
     let survivor = RunnerProcess::start(&srv, &enrol[1].1, &dir, "survivor", &[]);
