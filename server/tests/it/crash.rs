@@ -98,6 +98,19 @@ async fn call(
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// Enrols a runner through the REST API of the server at `base`; its credential.
+async fn enrol(base: &str, key: &str, name: &str) -> String {
+    let (st, v) = call(
+        reqwest::Method::POST,
+        format!("{base}/api/v1/runners"),
+        key,
+        Some(json!({ "name": name })),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
     let dir = temp_dir("crash");
@@ -112,15 +125,7 @@ async fn kill_9_after_201_then_restart_keeps_and_dispatches_tasks() {
 
     let (mut child, addr) = start(&dir);
     let base = format!("http://{addr}");
-    let (st, v) = call(
-        reqwest::Method::POST,
-        format!("{base}/api/v1/runners"),
-        &key,
-        Some(json!({"name": "r"})),
-    )
-    .await;
-    assert_eq!(st, 201);
-    let cred = v["token"].as_str().unwrap().to_owned();
+    let cred = enrol(&base, &key, "r").await;
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
 
     let (st, a) = call(
@@ -225,14 +230,7 @@ async fn kill_9_right_after_completion_still_delivers_the_webhook_after_restart(
     .await;
     assert_eq!(st, 201, "{hook}");
     let secret = hook["secret"].as_str().unwrap().to_owned();
-    let (_, v) = call(
-        reqwest::Method::POST,
-        format!("{base}/api/v1/runners"),
-        &key,
-        Some(json!({"name": "r"})),
-    )
-    .await;
-    let cred = v["token"].as_str().unwrap().to_owned();
+    let cred = enrol(&base, &key, "r").await;
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
     let (_, t) = call(
         reqwest::Method::POST,
@@ -289,14 +287,7 @@ async fn sigterm_closes_runner_sockets_with_1001_exits_cleanly_and_the_runner_re
     );
     let (mut child, addr) = start(&dir);
     let base = format!("http://{addr}");
-    let (_, v) = call(
-        reqwest::Method::POST,
-        format!("{base}/api/v1/runners"),
-        &key,
-        Some(json!({"name": "r"})),
-    )
-    .await;
-    let cred = v["token"].as_str().unwrap().to_owned();
+    let cred = enrol(&base, &key, "r").await;
     let mut runner = ProtoRunner::connect(addr, &cred, 1, &[]).await;
     let (st, t) = call(
         reqwest::Method::POST,
@@ -312,14 +303,8 @@ async fn sigterm_closes_runner_sockets_with_1001_exits_cleanly_and_the_runner_re
     // (without waiting for the sockets, some saw a reset instead).
     let mut idle = Vec::new();
     for i in 0..16 {
-        let (_, v) = call(
-            reqwest::Method::POST,
-            format!("{base}/api/v1/runners"),
-            &key,
-            Some(json!({"name": format!("idle-{i}")})),
-        )
-        .await;
-        idle.push(ProtoRunner::connect(addr, v["token"].as_str().unwrap(), 1, &[]).await);
+        let cred = enrol(&base, &key, &format!("idle-{i}")).await;
+        idle.push(ProtoRunner::connect(addr, &cred, 1, &[]).await);
     }
 
     let t0 = std::time::Instant::now();
