@@ -476,15 +476,20 @@ impl Store {
 
     /// Marks a runner revoked. False when there is no such (unrevoked) runner.
     pub async fn revoke_runner(&self, id: &str) -> Result<bool, StoreError> {
+        self.revoke("runners", id).await
+    }
+
+    /// Sets `revoked_at` on row `id` of `table` (`runners` or `api_keys`) unless already set.
+    async fn revoke(&self, table: &'static str, id: &str) -> Result<bool, StoreError> {
+        let statement =
+            format!("UPDATE {table} SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL");
         on_pool!(&self.db, |pool, sql| {
-            let n = sqlx::query(&sql(
-                "UPDATE runners SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            ))
-            .bind(now_ms())
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected();
+            let n = sqlx::query(&sql(&statement))
+                .bind(now_ms())
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected();
             Ok(n == 1)
         })
     }
@@ -537,17 +542,7 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        on_pool!(&self.db, |pool, sql| {
-            let n = sqlx::query(&sql(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            ))
-            .bind(now_ms())
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            Ok(n == 1)
-        })
+        self.revoke("api_keys", id).await
     }
 
     // ---- artifacts ----
