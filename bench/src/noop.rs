@@ -273,6 +273,7 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
         ids.push(spawn_runner(b, slots, None).await);
     }
     let before = b.completed().await;
+    let cpu_before = thread_cpu();
     let created = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
@@ -297,15 +298,32 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = thread_cpu();
     let done = b.completed().await - before;
+    let backend = match b.state.store.backend() {
+        dap_server::store::Backend::Sqlite => "sqlite",
+        dap_server::store::Backend::Postgres => "postgres",
+    };
     println!(
-        "durable_throughput_{}_{runners}_runners: {:.0} tasks/s",
-        match b.state.store.backend() {
-            dap_server::store::Backend::Sqlite => "sqlite",
-            dap_server::store::Backend::Postgres => "postgres",
-        },
+        "durable_throughput_{backend}_{runners}_runners: {:.0} tasks/s",
         done as f64 / elapsed
     );
+    // CPU per task, from the kernel's per-thread accounting: less sensitive than tasks/s to
+    // what else the machine runs. `process` is everything in this process (client, server,
+    // runners); `writer` is the store's writer thread alone (the serial part).
+    if let (Some(a), Some(z)) = (cpu_before, cpu_after) {
+        let per = |x: f64| x * 1e6 / done.max(1) as f64;
+        println!(
+            "cpu_per_task_{backend}_{runners}_runners: {:.0} us",
+            per(z.total - a.total)
+        );
+        if z.writer > 0.0 {
+            println!(
+                "writer_cpu_per_task_{backend}_{runners}_runners: {:.0} us",
+                per(z.writer - a.writer)
+            );
+        }
+    }
     // Disconnect these runners so the next run starts clean.
     for id in ids {
         b.state.dispatcher.close_runner(&id, 1000, "bench run over");
@@ -320,4 +338,36 @@ pub async fn run(args: &NoopArgs) {
     for &n in &args.runners {
         throughput(&b, n, args.slots, args.clients, args.seconds).await;
     }
+}
+
+/// CPU seconds this process has used: in all, and on the store's writer thread.
+#[derive(Clone, Copy)]
+struct Cpu {
+    total: f64,
+    writer: f64,
+}
+
+/// Reads `/proc/self/task/*/stat` (Linux only; `None` elsewhere). Threads that ended since the
+/// last reading are missed, so this is meant for spans in which the runtime's threads live.
+fn thread_cpu() -> Option<Cpu> {
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+    const TICK: f64 = 0.01;
+    let mut cpu = Cpu {
+        total: 0.0,
+        writer: 0.0,
+    };
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(entry.ok()?.path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may hold spaces: split after its closing one.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        cpu.total += ticks * TICK;
+        if head.contains("dap-store-write") {
+            cpu.writer += ticks * TICK;
+        }
+    }
+    Some(cpu)
 }

@@ -7,8 +7,10 @@
 //! the result's `artifacts` listing what the server stored. A failed upload fails the task with
 //! `artifact_upload_failed`; a `stale_attempt` refusal means the attempt was superseded, so
 //! nothing is reported (unless the link was down, in which case the upload is retried once the
-//! runner is connected again: the server only accepts uploads from connected runners). The
-//! scratch directory is removed when the task ends, however it ends.
+//! runner is connected again: the server only accepts uploads from connected runners). A server
+//! that stays unreachable through the upload's retries while the link is (or went) down is
+//! waited for the same way, so a server restart longer than the retries does not fail the task.
+//! The scratch directory is removed when the task ends, however it ends.
 //!
 //! The socket loop calls [`Executor::assign`] and [`Executor::cancel`], which return at once;
 //! the work happens in a spawned task per assignment that keeps running if the connection drops
@@ -608,15 +610,25 @@ async fn upload_one(
                 // while the link was down (the server then counts no attempt as ours) or across
                 // a reconnect: try again once connected — the greeting resumes the attempt, or
                 // the server cancels it, which ends the wait.
-                let (up_before, epoch_before) = before;
-                let (up_now, epoch_now) = inner.link();
-                if (up_before && up_now && epoch_before == epoch_now)
-                    || stale_retries >= MAX_STALE_RETRIES
-                {
+                if link_held(before, inner.link()) || stale_retries >= MAX_STALE_RETRIES {
                     return Err(Unfinished::StaleAttempt);
                 }
                 stale_retries += 1;
                 tracing::info!(task_id = %a.task_id, attempt = a.attempt, "upload refused while disconnected; retrying once connected");
+                let mut link = inner.link_up.subscribe();
+                tokio::select! {
+                    _ = link.wait_for(|up| *up) => {}
+                    _ = cancelled(cancel) => return Err(Unfinished::Error(operations::cancelled())),
+                }
+            }
+            Err(e @ UploadError::Unreachable { .. }) if !link_held(before, inner.link()) => {
+                // The server was unreachable and so was the runner's link at some point: a
+                // server restart or a network outage, not a broken upload path. Wait for the
+                // link as long as it takes (the server, when the runner is back, resumes the
+                // attempt or cancels it, and a drain with the server gone hands it back), then
+                // upload again. Not counted against MAX_STALE_RETRIES: each round needs the
+                // link to go down again.
+                tracing::info!(task_id = %a.task_id, attempt = a.attempt, artifact = %artifact.name, "{e} while disconnected; retrying once connected");
                 let mut link = inner.link_up.subscribe();
                 tokio::select! {
                     _ = link.wait_for(|up| *up) => {}
@@ -629,6 +641,11 @@ async fn upload_one(
             }
         }
     }
+}
+
+/// Whether the link was up at `before` and still is, on the same connection, at `now`.
+fn link_held(before: (bool, u64), now: (bool, u64)) -> bool {
+    before.0 && now.0 && before.1 == now.1
 }
 
 /// Completes once `flag` is set.
@@ -1000,6 +1017,66 @@ mod tests {
         let msgs = terminals(&outbox, 1).await;
         assert!(
             matches!(msgs.last(), Some(RunnerMessage::Completed(c)) if c.result_data["artifacts"][0]["name"] == "output.csv"),
+            "{msgs:?}"
+        );
+        assert_eq!(srv.uploads().len(), 2);
+    }
+
+    /// A server that is down (uploads get 503) while the runner's link is down too: the upload
+    /// outlasts its retry policy, waits for the link, and completes once the server is back
+    /// (before, the task failed with `artifact_upload_failed` after ~10 s of retries).
+    #[tokio::test]
+    async fn an_unreachable_server_while_disconnected_is_waited_for() {
+        let dir = TempDir::new();
+        let up = Arc::new(AtomicBool::new(false));
+        let server_up = Arc::clone(&up);
+        let srv = mock(move |req, _| {
+            if server_up.load(Ordering::Relaxed) {
+                stored_answer(req)
+            } else {
+                error_answer(503, "unavailable")
+            }
+        })
+        .await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        // Never connected: the link is down. The policy allows 2 tries; let several rounds'
+        // worth fail.
+        ex.assign(filter_all("art-outage"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while srv.uploads().len() < 2 {
+            assert!(Instant::now() < deadline, "upload not tried twice");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ex.running().len(), 1, "still holds its slot while waiting");
+        assert!(
+            !outbox
+                .snapshot()
+                .iter()
+                .any(|m| matches!(m, RunnerMessage::Failed(_))),
+            "failed while the link was down"
+        );
+        up.store(true, Ordering::Relaxed);
+        ex.connected();
+        let msgs = terminals(&outbox, 1).await;
+        assert!(
+            matches!(msgs.last(), Some(RunnerMessage::Completed(c)) if c.result_data["artifacts"][0]["name"] == "output.csv"),
+            "{msgs:?}"
+        );
+    }
+
+    /// Unreachable for the whole retry policy while the link stayed up: the upload path is
+    /// broken (not a restart), so the task fails rather than waiting forever.
+    #[tokio::test]
+    async fn an_unreachable_server_while_connected_fails_the_task() {
+        let dir = TempDir::new();
+        let srv = mock(|_, _| error_answer(503, "unavailable")).await;
+        let (ex, outbox) = with_server(&dir, &srv);
+        ex.connected();
+        ex.assign(filter_all("art-503"));
+        let msgs = terminals(&outbox, 1).await;
+        assert!(
+            matches!(msgs.last(), Some(RunnerMessage::Failed(f)) if f.error.code == crate::artifacts::UPLOAD_FAILED),
             "{msgs:?}"
         );
         assert_eq!(srv.uploads().len(), 2);

@@ -120,6 +120,29 @@ impl WriteTx for PgTx {
         row.map(|r| read(&r)).transpose()
     }
 
+    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
+        let sql = format!("{} RETURNING id", numbered(sql));
+        let row = bind_pg(sqlx::query(&sql), args)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        row.int(0)
+    }
+
+    async fn update_task<T>(
+        &mut self,
+        update: &'static str,
+        columns: &'static str,
+        _task_id: &str,
+        args: &[Arg<'_>],
+        read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!("{} RETURNING {columns}", numbered(update));
+        let row = bind_pg(sqlx::query(&sql), args)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| read(&r)).transpose()
+    }
+
     async fn announce(&mut self, last_event_id: i64) -> Result<(), StoreError> {
         if self.cluster {
             sqlx::query("SELECT pg_notify($1, $2)")

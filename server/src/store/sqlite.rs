@@ -152,6 +152,35 @@ impl WriteTx for SqliteTx<'_> {
         }
     }
 
+    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
+        self.0
+            .prepare_cached(sql)?
+            .execute(params_from_iter(args))?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    async fn update_task<T>(
+        &mut self,
+        update: &'static str,
+        columns: &'static str,
+        task_id: &str,
+        args: &[Arg<'_>],
+        read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        if self.execute(update, args).await? == 0 {
+            return Ok(None);
+        }
+        let select = format!("SELECT {columns} FROM tasks WHERE id = ?1");
+        let mut stmt = self.0.prepare_cached(&select)?;
+        let mut rows = stmt.query([task_id])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(read(row)?)),
+            None => Err(StoreError::Corrupt(format!(
+                "task {task_id} vanished mid-update"
+            ))),
+        }
+    }
+
     async fn commit(self) -> Result<(), StoreError> {
         Ok(self.0.commit()?)
     }

@@ -176,6 +176,22 @@ pub(super) trait WriteTx {
         args: &[Arg<'_>],
         read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError>;
+    /// Runs an INSERT into a table keyed by an integer `id` column and returns the new row's
+    /// id. `sql` has no RETURNING clause: each backend reads the id its cheapest way.
+    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError>;
+    /// Runs `update`, an UPDATE of the one `tasks` row whose id is `task_id` (plus conditions),
+    /// and when it changed that row reads its `columns` (as they are after the update) with
+    /// `read`. `None` when the conditions did not hold. (SQLite's RETURNING buffers rows in a
+    /// temporary b-tree, which costs more than reading the row again; PostgreSQL's saves a
+    /// round trip.)
+    async fn update_task<T>(
+        &mut self,
+        update: &'static str,
+        columns: &'static str,
+        task_id: &str,
+        args: &[Arg<'_>],
+        read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError>;
     /// Called before the commit of a transaction that appended events, with the last one's id.
     /// A clustered PostgreSQL writer tells the other servers (NOTIFY, delivered at commit); by
     /// default nothing happens.
@@ -308,9 +324,9 @@ async fn append_event(
     }
     let json = data.to_string();
     let id = tx
-        .query_row(
+        .insert_id(
             "INSERT INTO events (kind, task_id, runner_id, data, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             &[
                 kind.into(),
                 task_id.into(),
@@ -318,10 +334,8 @@ async fn append_event(
                 json.as_str().into(),
                 at.into(),
             ],
-            |r| r.int(0),
         )
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("event insert returned no id".into()))?;
+        .await?;
     events.push(Event {
         id,
         kind: kind.to_owned(),
@@ -385,21 +399,22 @@ async fn apply(
             runner_id,
             attempt,
         } => {
-            let code = tx
-                .query_row(
-                    "UPDATE tasks SET status = 'assigned', runner_id = ?1, attempt = ?2, progress = 0, \
+            let code = tx.update_task(
+"UPDATE tasks SET status = 'assigned', runner_id = ?1, attempt = ?2, progress = 0, \
                      stage = NULL, message = NULL, assigned_at = ?3, started_at = NULL, updated_at = ?3 \
-                     WHERE id = ?4 AND status = 'queued' AND attempt = ?5 RETURNING operation_code",
-                    &[
+                     WHERE id = ?4 AND status = 'queued' AND attempt = ?5",
+"operation_code",
+task_id,
+&[
                         runner_id.into(),
                         (*attempt).into(),
                         now.into(),
                         task_id.into(),
                         (*attempt as i64 - 1).into(),
                     ],
-                    |r| r.int(0),
-                )
-                .await?;
+|r| r.int(0),
+)
+.await?;
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
@@ -427,13 +442,14 @@ async fn apply(
             message,
         } => {
             // `progress <= ?` drops regressions: progress of one attempt only moves forward.
-            let row = tx
-                .query_row(
-                    "UPDATE tasks SET status = 'running', progress = ?1, stage = COALESCE(?2, stage), \
+            let row = tx.update_task(
+"UPDATE tasks SET status = 'running', progress = ?1, stage = COALESCE(?2, stage), \
                      message = COALESCE(?3, message), started_at = COALESCE(started_at, ?4), updated_at = ?4 \
                      WHERE id = ?5 AND runner_id = ?6 AND attempt = ?7 AND status IN ('assigned', 'running') \
-                     AND progress <= ?1 RETURNING operation_code, stage, message",
-                    &[
+                     AND progress <= ?1",
+"operation_code, stage, message",
+task_id,
+&[
                         (*percent).into(),
                         stage.into(),
                         message.into(),
@@ -442,9 +458,9 @@ async fn apply(
                         runner_id.into(),
                         (*attempt).into(),
                     ],
-                    |r| Ok((r.int(0)?, r.opt_text(1)?, r.opt_text(2)?)),
-                )
-                .await?;
+|r| Ok((r.int(0)?, r.opt_text(1)?, r.opt_text(2)?)),
+)
+.await?;
             let Some((code, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
@@ -474,14 +490,14 @@ async fn apply(
                 Ok(v) => (TaskStatus::Completed, Some(v.to_string()), None),
                 Err(e) => (TaskStatus::Failed, None, Some(e)),
             };
-            let row = tx
-                .query_row(
-                    "UPDATE tasks SET status = ?1, progress = CASE WHEN ?2 THEN 100 ELSE progress END, \
+            let row = tx.update_task(
+"UPDATE tasks SET status = ?1, progress = CASE WHEN ?2 THEN 100 ELSE progress END, \
                      result_data = ?3, error_code = ?4, error_message = ?5, finished_at = ?6, \
                      started_at = COALESCE(started_at, ?6), updated_at = ?6 \
-                     WHERE id = ?7 AND runner_id = ?8 AND attempt = ?9 AND status IN ('assigned', 'running') \
-                     RETURNING operation_code, progress, stage, message",
-                    &[
+                     WHERE id = ?7 AND runner_id = ?8 AND attempt = ?9 AND status IN ('assigned', 'running')",
+"operation_code, progress, stage, message",
+task_id,
+&[
                         status.as_str().into(),
                         (status == TaskStatus::Completed).into(),
                         (&result_json).into(),
@@ -492,9 +508,9 @@ async fn apply(
                         runner_id.into(),
                         (*attempt).into(),
                     ],
-                    |r| Ok((r.int(0)?, r.int(1)?, r.opt_text(2)?, r.opt_text(3)?)),
-                )
-                .await?;
+|r| Ok((r.int(0)?, r.int(1)?, r.opt_text(2)?, r.opt_text(3)?)),
+)
+.await?;
             let Some((code, progress, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
@@ -595,13 +611,13 @@ async fn apply(
                 } else {
                     format!("runner lost the task on attempt {attempt} of {attempt} ({reason})")
                 };
-                let row = tx
-                    .query_row(
-                        "UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
+                let row = tx.update_task(
+"UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
                          finished_at = ?2, updated_at = ?2 \
-                         WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running') \
-                         RETURNING operation_code, progress",
-                        &[
+                         WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running')",
+"operation_code, progress",
+task_id,
+&[
                             message.as_str().into(),
                             now.into(),
                             task_id.into(),
@@ -609,9 +625,9 @@ async fn apply(
                             (*attempt).into(),
                             (*fail_code).into(),
                         ],
-                        |r| Ok((r.int(0)?, r.int(1)?)),
-                    )
-                    .await?;
+|r| Ok((r.int(0)?, r.int(1)?)),
+)
+.await?;
                 let Some((code, progress)) = row else {
                     return Ok(Outcome::Applied(false));
                 };
@@ -631,21 +647,21 @@ async fn apply(
                 .await?;
                 return Ok(Outcome::Lost);
             }
-            let code = tx
-                .query_row(
-                    "UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
+            let code = tx.update_task(
+"UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
                      message = NULL, updated_at = ?1 \
-                     WHERE id = ?2 AND runner_id = ?3 AND attempt = ?4 AND status IN ('assigned', 'running') \
-                     RETURNING operation_code",
-                    &[
+                     WHERE id = ?2 AND runner_id = ?3 AND attempt = ?4 AND status IN ('assigned', 'running')",
+"operation_code",
+task_id,
+&[
                         now.into(),
                         task_id.into(),
                         runner_id.into(),
                         (*attempt).into(),
                     ],
-                    |r| r.int(0),
-                )
-                .await?;
+|r| r.int(0),
+)
+.await?;
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
