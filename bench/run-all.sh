@@ -10,7 +10,8 @@
 #   DAP_BENCH_ITERATIONS (2000)  sequential tasks for the latency figures (DAP and Celery)
 #   DAP_BENCH_CONNECTIONS (10000)  idle runner connections for `idle`
 #   DAP_BENCH_SUBSCRIBERS (1000)  SSE subscribers for `fanout`
-#   DAP_BENCH_SKIP  space-separated parts to leave out: noop filter fetch idle fanout celery
+#   DAP_BENCH_PG_ITERATIONS (500)  sequential tasks for the PostgreSQL latency figures
+#   DAP_BENCH_SKIP  space-separated parts to leave out: noop pg filter fetch idle fanout celery
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE/.."
@@ -29,6 +30,18 @@ export DAP_BENCH_PYTHON="$PY"
 
 run() { echo "== $*" >&2; "$@" | tee -a "$OUT"; }
 skip noop || run "$BENCH" --iterations "${DAP_BENCH_ITERATIONS:-2000}"
+# The same push loop on PostgreSQL (Debian's server binaries, a throwaway cluster with fsync
+# and synchronous commit on, stopped by PID): figures prefixed `postgres_`.
+if ! skip pg; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "== installing postgresql (Debian)" >&2
+    sudo_() { if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+    sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+  fi
+  run env DAP_PG_DURABLE=1 scripts/postgres-test.sh run -- \
+    sh -c 'exec "$0" --iterations "$1" --database "$DAP_TEST_POSTGRES_URL"' \
+    "$BENCH" "${DAP_BENCH_PG_ITERATIONS:-500}"
+fi
 skip filter || run "$BENCH" filter-vs-pandas
 skip fetch || run "$BENCH" fetch-schema
 # 10,000 sockets on each side (the server and dap-bench are separate processes): raise the
@@ -51,5 +64,7 @@ row "no-op round trip p50" "$(value noop_round_trip_p50)" "$(value celery_noop_r
 row "no-op round trip p99" "$(value noop_round_trip_p99)" "$(value celery_noop_round_trip_p99)" ms
 row "throughput (1 runner)" "$(value durable_throughput_sqlite_1_runners)" "$(value celery_throughput)" tasks/s
 row "throughput (16 runners)" "$(value durable_throughput_sqlite_16_runners)" "" tasks/s
+row "PostgreSQL dispatch p50" "$(value postgres_dispatch_latency_p50)" "" ms
+row "PostgreSQL throughput (16)" "$(value durable_throughput_postgres_16_runners)" "" tasks/s
 echo
 echo "all results: $OUT"

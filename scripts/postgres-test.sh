@@ -8,7 +8,8 @@
 #   scripts/postgres-test.sh stop [DIR]       stop the cluster in DIR (default $DAP_TEST_POSTGRES_DIR), delete DIR
 #
 # Durability is off (fsync, synchronous_commit): the cluster is deleted afterwards anyway and the
-# tests never cut power. Run as root, the server runs as the `postgres` user (initdb refuses
+# tests never cut power. DAP_PG_DURABLE=1 keeps PostgreSQL's defaults (fsync and synchronous
+# commit on), for the benchmarks' durable-throughput figures. Run as root, the server runs as the `postgres` user (initdb refuses
 # root); otherwise as the current user. The server is stopped by its PID (pg_ctl reads it from
 # postmaster.pid). Needs PostgreSQL's server binaries (Debian: `apt-get install postgresql`).
 set -euo pipefail
@@ -37,12 +38,14 @@ start() {
   [[ "$(id -u)" -eq 0 ]] && chown postgres: "$dir"
   as_owner "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; rm -rf "$dir"; return 1; }
+  local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [[ "${DAP_PG_DURABLE:-}" == 1 ]] && durability=""
   while :; do
     port=$((20000 + RANDOM % 40000))
     # Something already answering on the port: try another.
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c max_connections=300 $durability" \
         start >/dev/null; then
       break
     fi

@@ -255,11 +255,16 @@ async fn latency(b: &Bench, iterations: usize) {
     }
     dispatch.sort();
     round.sort();
-    println!("dispatch_latency_p50: {:.3} ms", pct(&dispatch, 0.50));
-    println!("dispatch_latency_p99: {:.3} ms", pct(&dispatch, 0.99));
-    println!("noop_round_trip_p50: {:.3} ms", pct(&round, 0.50));
-    println!("noop_round_trip_p99: {:.3} ms", pct(&round, 0.99));
-    println!("latency_iterations: {} count", dispatch.len());
+    // SQLite's figures keep their plain names (the headline ones); PostgreSQL's are prefixed.
+    let p = match b.state.store.backend() {
+        dap_server::store::Backend::Sqlite => "",
+        dap_server::store::Backend::Postgres => "postgres_",
+    };
+    println!("{p}dispatch_latency_p50: {:.3} ms", pct(&dispatch, 0.50));
+    println!("{p}dispatch_latency_p99: {:.3} ms", pct(&dispatch, 0.99));
+    println!("{p}noop_round_trip_p50: {:.3} ms", pct(&round, 0.50));
+    println!("{p}noop_round_trip_p99: {:.3} ms", pct(&round, 0.99));
+    println!("{p}latency_iterations: {} count", dispatch.len());
     // The throughput runs measure the platform, not this client's SSE parsing.
     sse.abort();
     b.state
