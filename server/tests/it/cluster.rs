@@ -736,3 +736,97 @@ async fn a_cancel_on_one_node_stops_the_task_on_a_runner_of_another() {
     );
     assert_eq!(c.task(&a, &id).await["status"], "cancelled");
 }
+
+/// Three nodes, one webhook (created through node 1 after every node started), runners on all
+/// three and tasks created on all three: the receiver, which answers slowly so that deliveries
+/// are in flight while every node's worker looks at the outbox, gets exactly one delivery per
+/// `task.completed` event, none missing (counted by the `webhook-id` header).
+#[tokio::test]
+async fn each_webhook_delivery_is_sent_once_by_one_of_three_nodes() {
+    use crate::webhooks::Receiver;
+    let Some(c) = Cluster::new("cluster-hooks").await else {
+        return;
+    };
+    let env = [("DAP_WEBHOOK_ALLOW_PRIVATE", "true")];
+    let nodes = [c.node(1, &env), c.node(2, &env), c.node(3, &env)];
+    let (recv, url) = Receiver::start_slow(Duration::from_millis(150)).await;
+    let (st, hook) = c
+        .call(
+            &nodes[0],
+            "POST",
+            "/api/v1/webhooks",
+            Some(json!({ "url": url, "events": ["task.completed"] })),
+        )
+        .await;
+    assert_eq!(st, 201, "{hook}");
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+
+    const TASKS: usize = 60;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let cred = c.enrol(node, &format!("on-{k}")).await;
+        let runner = ProtoRunner::connect(node.addr, &cred, 2, &[]).await;
+        let hold = Duration::from_millis(5);
+        workers.push(tokio::spawn(work(runner, 2, hold, done.clone(), TASKS)));
+    }
+    let mut ids = Vec::new();
+    for i in 0..TASKS {
+        let t = c
+            .create(&nodes[i % 3], json!({ "operation_code": 1 }))
+            .await;
+        ids.push(t["task_id"].as_str().unwrap().to_owned());
+    }
+    let mut ran_on = Vec::new();
+    for w in workers {
+        let (w, _runner) = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("every task ran within 30 s")
+            .unwrap();
+        ran_on.push(w.assigned.len());
+    }
+    c.wait_completed(&nodes[1], &ids, 15).await;
+    recv.wait_for(TASKS, 30).await;
+    // Room for a second copy of any delivery to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let got = recv.got.lock().unwrap().clone();
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tasks_seen = HashSet::new();
+    for (headers, body) in &got {
+        *per_id
+            .entry(headers["webhook-id"].to_str().unwrap().to_owned())
+            .or_default() += 1;
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "task.completed");
+        tasks_seen.insert(v["data"]["task_id"].as_str().unwrap().to_owned());
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    eprintln!(
+        "cluster webhooks: {} requests for {TASKS} completions (runners on the three nodes ran {ran_on:?}), {} distinct message ids, {duplicates} duplicates",
+        got.len(),
+        per_id.len()
+    );
+    assert_eq!(duplicates, 0, "a delivery was sent twice: {per_id:?}");
+    assert_eq!(per_id.len(), TASKS, "one delivery per completion");
+    let want: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(tasks_seen, want, "every completed task was reported");
+    // The delivery log agrees: every delivery delivered at its first attempt, none claimed.
+    let (st, log) = c
+        .call(
+            &nodes[2],
+            "GET",
+            &format!("/api/v1/webhooks/{hook_id}/deliveries?limit=200"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{log}");
+    let items = log["deliveries"].as_array().unwrap();
+    assert_eq!(items.len(), TASKS, "{log}");
+    assert!(
+        items
+            .iter()
+            .all(|d| d["status"] == "delivered" && d["attempts"] == 1),
+        "{log:#}"
+    );
+}
