@@ -836,9 +836,13 @@ async fn each_webhook_delivery_is_sent_once_by_one_of_three_nodes() {
 struct Roamed {
     /// (task, attempt) of every assignment received: each one is an execution.
     executed: Vec<(String, u32)>,
+    /// When each task's result was last sent.
+    finished: HashMap<String, Instant>,
     /// Tasks it listed as running (held or result not yet acknowledged) when it reconnected.
     listed_on_reconnect: usize,
     reconnects: usize,
+    /// Longest time from noticing the node was gone to being welcomed by another.
+    slowest_reconnect: Duration,
 }
 
 /// What a roaming runner hears within a wait.
@@ -953,6 +957,7 @@ async fn roaming_runner(
             if !gone && runner.ws.send(completed(&a)).await.is_err() {
                 gone = true;
             }
+            out.finished.insert(a.task_id.clone(), Instant::now());
             unacked.insert((a.task_id.clone(), a.attempt), a);
         }
         if gone {
@@ -967,8 +972,10 @@ async fn roaming_runner(
                 .collect();
             out.listed_on_reconnect += running.len();
             out.reconnects += 1;
+            let t0 = Instant::now();
             (at, runner) =
                 connect_to_a_live_node(&nodes, at + 1, &cred, slots as u32, running).await;
+            out.slowest_reconnect = out.slowest_reconnect.max(t0.elapsed());
             for a in unacked.values() {
                 if runner.ws.send(completed(a)).await.is_err() {
                     break; // gone again: the next turn reconnects
@@ -1001,16 +1008,20 @@ async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
             i % 3,
             cred,
             SLOTS,
-            Duration::from_millis(20),
+            Duration::from_millis(30),
             stop.clone(),
         )));
     }
 
-    // Clients create for LOAD, round robin over the nodes; one that fails to answer is dead to
-    // that client from then on (a load balancer taking it out).
+    // Clients create for LOAD, round robin over the nodes, each at most one create per PACE
+    // (steady load below the runners' capacity, and CPU left for the tests running alongside);
+    // a node that fails to answer is dead to that client from then on (a load balancer taking
+    // it out).
     const CLIENTS: usize = 3;
+    const PACE: Duration = Duration::from_millis(20);
     const LOAD: Duration = Duration::from_secs(5);
-    const KILL_AFTER: Duration = Duration::from_millis(2000);
+    // Off the clients' 20 ms beat, so that tasks are in flight on the dead node's runners.
+    const KILL_AFTER: Duration = Duration::from_millis(2010);
     let c = Arc::new(c);
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -1024,12 +1035,14 @@ async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
             let (mut acked, mut refused) = (Vec::new(), 0usize);
             let mut dead = HashSet::new();
             let mut i = k;
+            let mut pace = tokio::time::interval(PACE);
             while started.elapsed() < LOAD {
+                pace.tick().await;
                 i += 1;
-                let n = i % bases.len();
-                if dead.contains(&n) {
-                    continue;
+                while dead.contains(&(i % bases.len())) {
+                    i += 1;
                 }
+                let n = i % bases.len();
                 let r = http
                     .post(format!("{}/api/v1/tasks", bases[n]))
                     .bearer_auth(&c.key)
@@ -1122,6 +1135,18 @@ async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
         .filter(|(_, a)| **a > 1)
         .map(|(t, _)| *t)
         .collect();
+    // What was created before the kill (including on the dead node) was done by then.
+    let finished: HashMap<&String, Instant> = roamed
+        .iter()
+        .flat_map(|r| r.finished.iter())
+        .map(|(t, at)| (t, *at))
+        .collect();
+    let before_kill_done = acked
+        .iter()
+        .filter(|(_, _, at)| *at <= killed)
+        .filter_map(|(t, _, _)| finished.get(t))
+        .max()
+        .map(|at| at.saturating_duration_since(killed));
     let acked_set: HashSet<&String> = ids.iter().collect();
     let ran_unacked = runs.keys().filter(|t| !acked_set.contains(t)).count();
     let mut ran_twice = 0;
@@ -1144,16 +1169,18 @@ async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
     }
     eprintln!(
         "cluster kill -9 of 1 of 3 nodes under load: {} tasks acknowledged ({} by the killed node, {} after the kill), \
-         {unanswered} creates unanswered (client moved on); all completed {:?} after the kill ({:?} after the load ended); \
-         {} requeued (attempt > 1), {ran_twice} run twice; runners reconnected {} times listing {} held/unacknowledged tasks; \
+         {unanswered} creates unanswered (client moved on); all completed {:?} after the kill ({:?} after the load ended; every task created before the kill done {:?} after it); \
+         {} requeued (attempt > 1), {ran_twice} run twice; runners reconnected {} times (slowest {:?}, token exchange included) listing {} held/unacknowledged tasks; \
          {ran_unacked} tasks ran whose create was never answered",
         ids.len(),
         on_dead,
         after_kill,
         all_done,
         all_done.saturating_sub(load_ended.duration_since(killed)),
+        before_kill_done.unwrap_or_default(),
         requeued.len(),
         roamed.iter().map(|r| r.reconnects).sum::<usize>(),
+        roamed.iter().map(|r| r.slowest_reconnect).max().unwrap_or_default(),
         roamed.iter().map(|r| r.listed_on_reconnect).sum::<usize>(),
     );
     assert!(
