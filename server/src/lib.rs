@@ -125,7 +125,12 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServerError> 
         grace_s = config.runner_grace.as_secs_f64(),
         "store open; runners holding in-flight tasks have their grace period to resume them"
     );
-    webhooks::spawn_worker(store.clone(), config.webhooks, metrics.clone());
+    webhooks::spawn_worker(
+        store.clone(),
+        config.webhooks,
+        metrics.clone(),
+        node_id.is_some(),
+    );
     let (shutdown_tx, shutdown) = watch::channel(false);
     if let Some(node_id) = &node_id {
         tracing::info!(%node_id, "cluster mode: this server is one node of several on its database");

@@ -34,6 +34,12 @@ pub const RETRY_SCHEDULE_S: [u64; 9] = [
 ];
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONCURRENCY: usize = 16;
+/// Deliveries claimed at once.
+const BATCH: u32 = 64;
+/// How long a claim lasts: longer than a whole batch can take (BATCH / CONCURRENCY rounds of
+/// at most TIMEOUT each, 40 s), so a live worker never loses a claim it is still working on.
+/// It is also how long the deliveries of a node that died holding them wait for another node.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
 
 /// How the worker behaves; tests shrink the schedule.
 #[derive(Debug, Clone, Copy)]
@@ -153,8 +159,15 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<reqwest::Url, Stri
     Ok(u)
 }
 
-/// Starts the delivery worker; it runs until the process ends.
-pub fn spawn_worker(store: Store, settings: WebhookSettings, metrics: Arc<Metrics>) {
+/// Starts the delivery worker; it runs until the process ends. `clustered`: other servers on
+/// the database run workers too (`--cluster`); otherwise this one is alone and first ends the
+/// claims its previous process may have left, so they are sent now rather than when they lapse.
+pub fn spawn_worker(
+    store: Store,
+    settings: WebhookSettings,
+    metrics: Arc<Metrics>,
+    clustered: bool,
+) {
     let mut builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
@@ -171,9 +184,15 @@ pub fn spawn_worker(store: Store, settings: WebhookSettings, metrics: Arc<Metric
         }
     };
     tokio::spawn(async move {
+        if !clustered {
+            if let Err(e) = store.release_delivery_claims().await {
+                tracing::error!(error = %e, "releasing old webhook delivery claims failed");
+            }
+        }
         loop {
             let now = now_ms();
-            match store.due_deliveries(now, 64).await {
+            let lease_ms = CLAIM_LEASE.as_millis() as i64;
+            match store.claim_due_deliveries(now, lease_ms, BATCH).await {
                 Ok(due) if !due.is_empty() => {
                     let mut set = tokio::task::JoinSet::new();
                     for (d, w) in due {
@@ -334,8 +353,14 @@ async fn deliver(
         AttemptOutcome::RetryAt(_) => metrics.webhook_failed(false),
         AttemptOutcome::Failed => metrics.webhook_failed(true),
     }
-    if let Err(e) = store.record_delivery_attempt(&d, &attempt, outcome).await {
-        tracing::error!(error = %e, "recording a webhook attempt failed");
+    match store.record_delivery_attempt(&d, &attempt, outcome).await {
+        Ok(true) => {}
+        // Our claim lapsed (the attempt took longer than CLAIM_LEASE) and another claim holds
+        // it now: that one records. The receiver may see this message id twice.
+        Ok(false) => {
+            tracing::warn!(webhook = %w.id, %msg_id, "webhook claim lapsed during the attempt; not recorded")
+        }
+        Err(e) => tracing::error!(error = %e, "recording a webhook attempt failed"),
     }
     if gone {
         let disabled = Webhook {

@@ -9,7 +9,9 @@
 //! advisory lock ([`EVENT_ORDER_LOCK`]), so the writers of all servers commit one at a time and
 //! ids stay in commit order across them; before committing, a transaction that appended events
 //! sends `NOTIFY dap_events '<last id>'` (delivered at commit). A clustered writer publishes
-//! nothing on the bus: the `cluster` feed reads committed events back from the log.
+//! nothing on the bus: the `cluster` feed reads committed events back from the log. It also
+//! reads the enabled webhook subscriptions in every transaction, after the lock, since another
+//! server may have changed them.
 //! No TLS: sqlx is built without a TLS backend, so `sslmode=require` fails and `prefer` (the
 //! default) connects in plain TCP (or over a Unix socket: `postgres:///db?host=/run/postgresql`).
 
@@ -19,6 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::mpsc;
 
 use super::sql::{bind_pg, numbered, Arg, DbRow};
+use super::webhooks::subscription;
 use super::writer::{commit_batch, fill, Pending, WriteConn, WriteTx, Writer, MAX_BATCH};
 use super::{Outbox, StoreError};
 use crate::events::EventBus;
@@ -47,6 +50,7 @@ pub(super) fn spawn_writer(pool: PgPool, bus: Option<EventBus>, outbox: Outbox) 
     let conn = PgConn {
         pool,
         cluster: bus.is_none(),
+        outbox: outbox.clone(),
     };
     tokio::spawn(run(conn, rx, bus, outbox));
     Writer::new(tx, std::sync::Arc::new(()))
@@ -72,6 +76,8 @@ struct PgConn {
     pool: PgPool,
     /// One of several servers on the database: serialise on [`EVENT_ORDER_LOCK`] and NOTIFY.
     cluster: bool,
+    /// Where a clustered writer puts the subscriptions it reads at `begin`.
+    outbox: Outbox,
 }
 
 impl WriteConn for PgConn {
@@ -84,6 +90,18 @@ impl WriteConn for PgConn {
                 .bind(EVENT_ORDER_LOCK)
                 .execute(&mut *tx)
                 .await?;
+            // Webhooks are created and changed through any node, and each node's writer
+            // writes the outbox rows of its own events: read the subscriptions here, after the
+            // lock, so this transaction sees every change committed before it. (One small
+            // query per batch; a single server keeps the cache its own changes refresh.)
+            let rows = sqlx::query("SELECT id, events FROM webhooks WHERE enabled = 1")
+                .fetch_all(&mut *tx)
+                .await?;
+            let subs = rows
+                .iter()
+                .map(|r| subscription(r.text(0)?, &r.text(1)?))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.outbox.set_subscriptions(subs);
         }
         Ok(PgTx {
             tx,

@@ -1,12 +1,19 @@
 //! Webhook subscriptions and the delivery outbox (tables `webhooks`, `webhook_deliveries`,
 //! `webhook_attempts`). Outbox rows are *created* by the writer in the transaction of their
-//! event; this module reads them and records what each attempt did. No HTTP here.
+//! event; this module claims them for a delivery worker and records what each attempt did.
+//! No HTTP here.
+//!
+//! A worker *claims* due deliveries before it sends them (`claimed_by` = a token of that claim,
+//! `claimed_until` = when it lapses), so that with several servers on one PostgreSQL database
+//! each delivery is sent by one of them; an attempt is recorded only under the claim it was
+//! made under. A server that dies holding a claim loses it when it lapses, and whoever claims
+//! next sends the delivery.
 
 use serde_json::Value;
 
 use super::model::{now_ms, Subscription};
 use super::sql::DbRow;
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
@@ -36,6 +43,10 @@ pub struct Delivery {
     pub last_latency_ms: Option<i64>,
     pub created_at: i64,
     pub delivered_at: Option<i64>,
+    /// The token of the claim this delivery is held under (None while unclaimed).
+    pub claimed_by: Option<String>,
+    /// When that claim lapses (epoch ms).
+    pub claimed_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +72,7 @@ const HOOK_COLUMNS: &str =
 const DELIVERY_COLUMNS: &str =
     "d.id, d.webhook_id, d.event_id, d.event_type, d.task_id, d.payload, \
      d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.last_latency_ms, \
-     d.created_at, d.delivered_at";
+     d.created_at, d.delivered_at, d.claimed_by, d.claimed_until";
 
 /// A webhook from the row's columns `first..first + 8` (in `HOOK_COLUMNS` order).
 fn hook_from_row(r: &impl DbRow, first: usize) -> Result<Webhook, StoreError> {
@@ -75,6 +86,14 @@ fn hook_from_row(r: &impl DbRow, first: usize) -> Result<Webhook, StoreError> {
         disabled_reason: r.opt_text(first + 5)?,
         created_at: r.int(first + 6)?,
         updated_at: r.int(first + 7)?,
+    })
+}
+
+/// The writer's view of an enabled webhook: its id and its `events` column (a JSON array).
+pub(super) fn subscription(webhook_id: String, events: &str) -> Result<Subscription, StoreError> {
+    Ok(Subscription {
+        webhook_id,
+        events: serde_json::from_str(events).map_err(|e| StoreError::Corrupt(e.to_string()))?,
     })
 }
 
@@ -94,6 +113,8 @@ fn delivery_from_row(r: &impl DbRow) -> Result<Delivery, StoreError> {
         last_latency_ms: r.opt_int(11)?,
         created_at: r.int(12)?,
         delivered_at: r.opt_int(13)?,
+        claimed_by: r.opt_text(14)?,
+        claimed_until: r.opt_int(15)?,
     })
 }
 
@@ -199,35 +220,84 @@ impl Store {
         Ok(())
     }
 
-    /// Pending deliveries due by `now`, oldest first, with their webhook.
-    pub async fn due_deliveries(
+    /// Claims up to `limit` pending deliveries of enabled webhooks that are due by `now` and not
+    /// held under a live claim, oldest first, until `now + lease_ms`; returns them with their
+    /// webhook. Each gets one fresh claim token (in `claimed_by`), so two calls, from this
+    /// server or another on the same database, never return the same delivery while its claim
+    /// lasts. On PostgreSQL rows another transaction is claiming are skipped (`SKIP LOCKED`),
+    /// not waited for; SQLite runs one write at a time anyway.
+    pub async fn claim_due_deliveries(
         &self,
         now: i64,
+        lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<(Delivery, Webhook)>, StoreError> {
-        let due = format!(
+        let token = uuid::Uuid::now_v7().to_string();
+        let skip_locked = match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+        };
+        // A materialised CTE runs once. (`id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`
+        // may be rescanned by PostgreSQL's plan, skip the rows this UPDATE already changed and
+        // claim more than `n`.)
+        let claim = format!(
+            "WITH due AS MATERIALIZED (SELECT d.id FROM webhook_deliveries d \
+             JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ?3 AND w.enabled = 1 \
+             AND (d.claimed_until IS NULL OR d.claimed_until <= ?3) \
+             ORDER BY d.next_attempt_at, d.id LIMIT ?4{skip_locked}) \
+             UPDATE webhook_deliveries SET claimed_by = ?1, claimed_until = ?2 \
+             WHERE id IN (SELECT id FROM due)"
+        );
+        let claimed = format!(
             "SELECT {DELIVERY_COLUMNS}, w.id, w.url, w.events, w.secret, w.enabled, w.disabled_reason, \
              w.created_at, w.updated_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND w.enabled = 1 \
-             ORDER BY d.next_attempt_at, d.id LIMIT ?"
+             WHERE d.claimed_by = ? ORDER BY d.next_attempt_at, d.id"
         );
         on_pool!(&self.db, |pool, sql| {
-            let rows = sqlx::query(&sql(&due))
+            let n = sqlx::query(&sql(&claim))
+                .bind(&token)
+                .bind(now + lease_ms)
                 .bind(now)
                 .bind(limit as i64)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            let rows = sqlx::query(&sql(&claimed))
+                .bind(&token)
                 .fetch_all(pool)
                 .await?;
             rows.iter()
-                .map(|r| Ok((delivery_from_row(r)?, hook_from_row(r, 14)?)))
+                .map(|r| Ok((delivery_from_row(r)?, hook_from_row(r, 16)?)))
                 .collect()
         })
     }
 
-    /// Earliest `next_attempt_at` of a pending delivery, if any.
+    /// Ends every claim (a server that is alone on its database, at start: claims left by its
+    /// previous process would otherwise hold their deliveries back until they lapse).
+    pub async fn release_delivery_claims(&self) -> Result<u64, StoreError> {
+        Ok(on_pool!(&self.db, |pool, _sql| {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL \
+                 WHERE claimed_by IS NOT NULL",
+            )
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// When the worker next has something to claim: the earliest time a pending delivery of an
+    /// enabled webhook is due and not held under a claim, if there is one.
     pub async fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
         on_pool!(&self.db, |pool, _sql| {
             Ok(sqlx::query_scalar(
-                "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+                "SELECT MIN(CASE WHEN d.claimed_until > d.next_attempt_at THEN d.claimed_until \
+                 ELSE d.next_attempt_at END) FROM webhook_deliveries d \
+                 JOIN webhooks w ON w.id = d.webhook_id WHERE d.status = 'pending' AND w.enabled = 1",
             )
             .fetch_one(pool)
             .await?)
@@ -260,38 +330,31 @@ impl Store {
         Ok(())
     }
 
-    /// Records one attempt and moves the delivery on.
+    /// Records one attempt and moves the delivery on, ending its claim. Only under the claim
+    /// `d` was handed out with (`d.claimed_by`): false, and nothing recorded, if that claim
+    /// lapsed and the delivery was claimed again since (or was never claimed).
     pub async fn record_delivery_attempt(
         &self,
         d: &Delivery,
         attempt: &Attempt,
         outcome: AttemptOutcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (status, next, delivered) = match outcome {
             AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at)),
             AttemptOutcome::RetryAt(t) => ("pending", Some(t), None),
             AttemptOutcome::Failed => ("failed", None, None),
         };
-        on_pool!(&self.db, |pool, sql| {
+        let Some(claim) = d.claimed_by.as_deref() else {
+            return Ok(false);
+        };
+        Ok(on_pool!(&self.db, |pool, sql| {
             let mut tx = pool.begin().await?;
-            sqlx::query(&sql(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, latency_ms, error) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt) DO UPDATE SET \
-                 at = excluded.at, status_code = excluded.status_code, \
-                 latency_ms = excluded.latency_ms, error = excluded.error",
-            ))
-            .bind(d.id)
-            .bind(attempt.attempt as i64)
-            .bind(attempt.at)
-            .bind(attempt.status_code.map(|c| c as i64))
-            .bind(attempt.latency_ms)
-            .bind(&attempt.error)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(&sql(
+            // The fence first: on PostgreSQL it also locks the row until the attempt is in.
+            let n = sqlx::query(&sql(
                 "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
                  last_status_code = ?, last_error = ?, last_latency_ms = ?, updated_at = ?, \
-                 delivered_at = COALESCE(?, delivered_at) WHERE id = ?",
+                 delivered_at = COALESCE(?, delivered_at), claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = ? AND claimed_by = ?",
             ))
             .bind(status)
             .bind(attempt.attempt as i64)
@@ -302,11 +365,32 @@ impl Store {
             .bind(attempt.at)
             .bind(delivered)
             .bind(d.id)
+            .bind(claim)
             .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        });
-        Ok(())
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                false
+            } else {
+                sqlx::query(&sql(
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, latency_ms, error) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt) DO UPDATE SET \
+                     at = excluded.at, status_code = excluded.status_code, \
+                     latency_ms = excluded.latency_ms, error = excluded.error",
+                ))
+                .bind(d.id)
+                .bind(attempt.attempt as i64)
+                .bind(attempt.at)
+                .bind(attempt.status_code.map(|c| c as i64))
+                .bind(attempt.latency_ms)
+                .bind(&attempt.error)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                true
+            }
+        }))
     }
 
     /// Newest deliveries of a webhook with their attempts.

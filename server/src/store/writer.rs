@@ -25,7 +25,7 @@ use dap_protocol::TaskError;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::{now_ms, Event, NewTask, Subscription, TaskStatus};
+use super::model::{now_ms, Event, NewTask, TaskStatus};
 use super::sql::{Arg, DbRow};
 use super::Outbox;
 use super::StoreError;
@@ -220,11 +220,10 @@ pub(super) async fn commit_batch<C: WriteConn>(
     bus: Option<&EventBus>,
     outbox: &Outbox,
 ) {
-    let subs = outbox.subscriptions();
     let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
-    match apply_batch(conn, &ops, &subs).await {
-        Ok((outcomes, events)) => {
-            if events.iter().any(|e| subs.iter().any(|s| s.wants(&e.kind))) {
+    match apply_batch(conn, &ops, outbox).await {
+        Ok((outcomes, events, deliveries)) => {
+            if deliveries {
                 outbox.notify();
             }
             if let Some(bus) = bus {
@@ -252,8 +251,8 @@ pub(super) async fn commit_batch<C: WriteConn>(
             // its own transaction so one bad request does not fail its neighbours.
             tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
             for p in batch.drain(..) {
-                let r = match apply_batch(conn, &[&p.op], &subs).await {
-                    Ok((mut o, events)) => {
+                let r = match apply_batch(conn, &[&p.op], outbox).await {
+                    Ok((mut o, events, _)) => {
                         outbox.notify();
                         if let Some(bus) = bus {
                             bus.publish_all(events);
@@ -268,12 +267,17 @@ pub(super) async fn commit_batch<C: WriteConn>(
     }
 }
 
+/// Applies `ops` in one transaction; also returns whether it wrote webhook deliveries.
 async fn apply_batch<C: WriteConn>(
     conn: &mut C,
     ops: &[&WriteOp],
-    subs: &[Subscription],
-) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
+    outbox: &Outbox,
+) -> Result<(Vec<Outcome>, Vec<Event>, bool), StoreError> {
     let mut tx = conn.begin().await?;
+    // Read after `begin`: a clustered writer reloads the subscriptions there, in this
+    // transaction, so a webhook created through another node applies to this batch too.
+    let subs = outbox.subscriptions();
+    let mut deliveries = false;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut events = Vec::new();
     for op in ops {
@@ -284,6 +288,7 @@ async fn apply_batch<C: WriteConn>(
         let now = now_ms();
         for e in &events {
             for sub in subs.iter().filter(|s| s.wants(&e.kind)) {
+                deliveries = true;
                 tx.execute(
                     "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, task_id, \
                      status, attempts, next_attempt_at, created_at, updated_at) \
@@ -305,7 +310,7 @@ async fn apply_batch<C: WriteConn>(
         tx.announce(last.id).await?;
     }
     tx.commit().await?;
-    Ok((outcomes, events))
+    Ok((outcomes, events, deliveries))
 }
 
 /// Appends an event to the log (inside the batch's transaction) and to `events`.

@@ -736,3 +736,459 @@ async fn a_cancel_on_one_node_stops_the_task_on_a_runner_of_another() {
     );
     assert_eq!(c.task(&a, &id).await["status"], "cancelled");
 }
+
+/// Three nodes, one webhook (created through node 1 after every node started), runners on all
+/// three and tasks created on all three: the receiver, which answers slowly so that deliveries
+/// are in flight while every node's worker looks at the outbox, gets exactly one delivery per
+/// `task.completed` event, none missing (counted by the `webhook-id` header).
+#[tokio::test]
+async fn each_webhook_delivery_is_sent_once_by_one_of_three_nodes() {
+    use crate::webhooks::Receiver;
+    let Some(c) = Cluster::new("cluster-hooks").await else {
+        return;
+    };
+    let env = [("DAP_WEBHOOK_ALLOW_PRIVATE", "true")];
+    let nodes = [c.node(1, &env), c.node(2, &env), c.node(3, &env)];
+    let (recv, url) = Receiver::start_slow(Duration::from_millis(150)).await;
+    let (st, hook) = c
+        .call(
+            &nodes[0],
+            "POST",
+            "/api/v1/webhooks",
+            Some(json!({ "url": url, "events": ["task.completed"] })),
+        )
+        .await;
+    assert_eq!(st, 201, "{hook}");
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+
+    const TASKS: usize = 60;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let cred = c.enrol(node, &format!("on-{k}")).await;
+        let runner = ProtoRunner::connect(node.addr, &cred, 2, &[]).await;
+        let hold = Duration::from_millis(5);
+        workers.push(tokio::spawn(work(runner, 2, hold, done.clone(), TASKS)));
+    }
+    let mut ids = Vec::new();
+    for i in 0..TASKS {
+        let t = c
+            .create(&nodes[i % 3], json!({ "operation_code": 1 }))
+            .await;
+        ids.push(t["task_id"].as_str().unwrap().to_owned());
+    }
+    let mut ran_on = Vec::new();
+    for w in workers {
+        let (w, _runner) = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("every task ran within 30 s")
+            .unwrap();
+        ran_on.push(w.assigned.len());
+    }
+    c.wait_completed(&nodes[1], &ids, 15).await;
+    recv.wait_for(TASKS, 30).await;
+    // Room for a second copy of any delivery to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let got = recv.got.lock().unwrap().clone();
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tasks_seen = HashSet::new();
+    for (headers, body) in &got {
+        *per_id
+            .entry(headers["webhook-id"].to_str().unwrap().to_owned())
+            .or_default() += 1;
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "task.completed");
+        tasks_seen.insert(v["data"]["task_id"].as_str().unwrap().to_owned());
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    eprintln!(
+        "cluster webhooks: {} requests for {TASKS} completions (runners on the three nodes ran {ran_on:?}), {} distinct message ids, {duplicates} duplicates",
+        got.len(),
+        per_id.len()
+    );
+    assert_eq!(duplicates, 0, "a delivery was sent twice: {per_id:?}");
+    assert_eq!(per_id.len(), TASKS, "one delivery per completion");
+    let want: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(tasks_seen, want, "every completed task was reported");
+    // The delivery log agrees: every delivery delivered at its first attempt, none claimed.
+    let (st, log) = c
+        .call(
+            &nodes[2],
+            "GET",
+            &format!("/api/v1/webhooks/{hook_id}/deliveries?limit=200"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{log}");
+    let items = log["deliveries"].as_array().unwrap();
+    assert_eq!(items.len(), TASKS, "{log}");
+    assert!(
+        items
+            .iter()
+            .all(|d| d["status"] == "delivered" && d["attempts"] == 1),
+        "{log:#}"
+    );
+}
+
+/// What one [`roaming_runner`] did.
+#[derive(Debug, Default)]
+struct Roamed {
+    /// (task, attempt) of every assignment received: each one is an execution.
+    executed: Vec<(String, u32)>,
+    /// When each task's result was last sent.
+    finished: HashMap<String, Instant>,
+    /// Tasks it listed as running (held or result not yet acknowledged) when it reconnected.
+    listed_on_reconnect: usize,
+    reconnects: usize,
+    /// Longest time from noticing the node was gone to being welcomed by another.
+    slowest_reconnect: Duration,
+}
+
+/// What a roaming runner hears within a wait.
+enum Heard {
+    Message(ServerMessage),
+    Quiet,
+    /// The socket ended (its node died).
+    Gone,
+}
+
+async fn hear(ws: &mut Ws, within: Duration) -> Heard {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(within, ws.next()).await {
+        Err(_) => Heard::Quiet,
+        Ok(Some(Ok(Message::Text(t)))) => Heard::Message(serde_json::from_str(t.as_str()).unwrap()),
+        Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => Heard::Gone,
+        Ok(Some(Ok(_))) => Heard::Quiet,
+    }
+}
+
+/// Connects to the first node from `first` on (round robin) that accepts TCP connections.
+async fn connect_to_a_live_node(
+    nodes: &[std::net::SocketAddr],
+    first: usize,
+    cred: &str,
+    slots: u32,
+    running: Vec<RunningTask>,
+) -> (usize, ProtoRunner) {
+    for k in 0..nodes.len() * 20 {
+        let i = (first + k) % nodes.len();
+        if tokio::net::TcpStream::connect(nodes[i]).await.is_ok() {
+            let r = ProtoRunner::connect_with(nodes[i], cred, slots, &[], running).await;
+            return (i, r);
+        }
+        if i + 1 == nodes.len() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("no live node to connect to");
+}
+
+/// A protocol-level runner that behaves like `dap-runner` when its node dies: it reconnects to
+/// another node, lists in its greeting every task it holds or whose result the server has not
+/// acknowledged, then sends those results again. Holds each assignment for `hold`. Stops once
+/// `stop` is set and it holds nothing and has nothing unacknowledged.
+async fn roaming_runner(
+    nodes: Vec<std::net::SocketAddr>,
+    first: usize,
+    cred: String,
+    slots: usize,
+    hold: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Roamed {
+    use dap_protocol::{Assignment, Completed, RunnerMessage};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let completed = |a: &Assignment| {
+        Message::Text(
+            RunnerMessage::Completed(Completed {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+                result_data: json!({ "ok": true }),
+            })
+            .to_json()
+            .into(),
+        )
+    };
+    let mut out = Roamed::default();
+    let (mut at, mut runner) =
+        connect_to_a_live_node(&nodes, first, &cred, slots as u32, vec![]).await;
+    let mut held: Vec<(Instant, Assignment)> = Vec::new();
+    // Results sent and not yet acknowledged, by (task, attempt).
+    let mut unacked: BTreeMap<(String, u32), Assignment> = BTreeMap::new();
+    loop {
+        if stop.load(Ordering::SeqCst) && held.is_empty() && unacked.is_empty() {
+            return out;
+        }
+        let wait = held
+            .iter()
+            .map(|(due, _)| due.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_millis(50));
+        let mut gone = false;
+        match hear(&mut runner.ws, wait).await {
+            Heard::Message(ServerMessage::Assign(a)) => {
+                let key = (a.task_id.clone(), a.attempt);
+                if !out.executed.contains(&key) {
+                    out.executed.push(key);
+                    held.push((Instant::now() + hold, a));
+                    assert!(
+                        held.len() <= slots,
+                        "runner holds {} tasks with {slots} slots",
+                        held.len()
+                    );
+                }
+            }
+            Heard::Message(ServerMessage::Ack { task_id, attempt }) => {
+                unacked.remove(&(task_id, attempt));
+            }
+            Heard::Message(ServerMessage::Cancel { task_id, attempt }) => {
+                held.retain(|(_, a)| !(a.task_id == task_id && a.attempt == attempt));
+                unacked.remove(&(task_id, attempt));
+            }
+            Heard::Message(_) | Heard::Quiet => {}
+            Heard::Gone => gone = true,
+        }
+        let now = Instant::now();
+        let (due, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|(t, _)| *t <= now);
+        held = rest;
+        for (_, a) in due {
+            if !gone && runner.ws.send(completed(&a)).await.is_err() {
+                gone = true;
+            }
+            out.finished.insert(a.task_id.clone(), Instant::now());
+            unacked.insert((a.task_id.clone(), a.attempt), a);
+        }
+        if gone {
+            let running: Vec<RunningTask> = held
+                .iter()
+                .map(|(_, a)| a)
+                .chain(unacked.values())
+                .map(|a| RunningTask {
+                    task_id: a.task_id.clone(),
+                    attempt: a.attempt,
+                })
+                .collect();
+            out.listed_on_reconnect += running.len();
+            out.reconnects += 1;
+            let t0 = Instant::now();
+            (at, runner) =
+                connect_to_a_live_node(&nodes, at + 1, &cred, slots as u32, running).await;
+            out.slowest_reconnect = out.slowest_reconnect.max(t0.elapsed());
+            for a in unacked.values() {
+                if runner.ws.send(completed(a)).await.is_err() {
+                    break; // gone again: the next turn reconnects
+                }
+            }
+        }
+    }
+}
+
+/// kill -9 of one of three nodes while clients keep creating tasks on all of them and runners
+/// spread over all of them keep running them: the runners of the dead node reconnect to the
+/// others, clients move to the survivors, and every task that got a 201 completes, each run by
+/// a runner; a task runs twice only if it was requeued (a later attempt).
+#[tokio::test]
+async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
+    let Some(c) = Cluster::new("cluster-kill3").await else {
+        return;
+    };
+    let env = [("DAP_RUNNER_GRACE_MS", "2000")];
+    let mut nodes = [c.node(1, &env), c.node(2, &env), c.node(3, &env)];
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    const RUNNERS: usize = 6;
+    const SLOTS: usize = 2;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut runners = Vec::new();
+    for i in 0..RUNNERS {
+        let cred = c.enrol(&nodes[0], &format!("r{i}")).await;
+        runners.push(tokio::spawn(roaming_runner(
+            addrs.clone(),
+            i % 3,
+            cred,
+            SLOTS,
+            Duration::from_millis(30),
+            stop.clone(),
+        )));
+    }
+
+    // Clients create for LOAD, round robin over the nodes, each at most one create per PACE
+    // (steady load below the runners' capacity, and CPU left for the tests running alongside);
+    // a node that fails to answer is dead to that client from then on (a load balancer taking
+    // it out).
+    const CLIENTS: usize = 3;
+    const PACE: Duration = Duration::from_millis(20);
+    const LOAD: Duration = Duration::from_secs(5);
+    // Off the clients' 20 ms beat, so that tasks are in flight on the dead node's runners.
+    const KILL_AFTER: Duration = Duration::from_millis(2010);
+    let c = Arc::new(c);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for k in 0..CLIENTS {
+        let (c, bases) = (c.clone(), nodes.iter().map(Node::base).collect::<Vec<_>>());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let (mut acked, mut refused) = (Vec::new(), 0usize);
+            let mut dead = HashSet::new();
+            let mut i = k;
+            let mut pace = tokio::time::interval(PACE);
+            while started.elapsed() < LOAD {
+                pace.tick().await;
+                i += 1;
+                while dead.contains(&(i % bases.len())) {
+                    i += 1;
+                }
+                let n = i % bases.len();
+                let r = http
+                    .post(format!("{}/api/v1/tasks", bases[n]))
+                    .bearer_auth(&c.key)
+                    .json(&json!({ "operation_code": 1 }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => {
+                        let v: Value = r.json().await.unwrap();
+                        acked.push((v["task_id"].as_str().unwrap().to_owned(), n, Instant::now()));
+                    }
+                    Ok(r) => panic!("create on node {} answered {}", n + 1, r.status()),
+                    Err(_) => {
+                        refused += 1;
+                        dead.insert(n);
+                    }
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    tokio::time::sleep(KILL_AFTER).await;
+    nodes[2].kill_9();
+    let killed = Instant::now();
+    let mut acked = Vec::new();
+    let mut unanswered = 0;
+    for cl in clients {
+        let (a, r) = cl.await.unwrap();
+        acked.extend(a);
+        unanswered += r;
+    }
+    let load_ended = Instant::now();
+    let ids: Vec<String> = acked.iter().map(|(id, _, _)| id.clone()).collect();
+    let on_dead = acked.iter().filter(|(_, n, _)| *n == 2).count();
+    let after_kill = acked.iter().filter(|(_, _, at)| *at > killed).count();
+    // Done when nothing is queued or in flight any more (counted on a survivor); then every
+    // acknowledged task is checked one by one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut open = 0;
+        for status in ["queued", "assigned", "running"] {
+            let (st, v) = c
+                .call(
+                    &nodes[0],
+                    "GET",
+                    &format!("/api/v1/tasks?status={status}&limit=1"),
+                    None,
+                )
+                .await;
+            assert_eq!(st, 200, "{v}");
+            open += v["total"].as_u64().unwrap();
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} tasks still open 60 s after the load"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_done = killed.elapsed();
+    let tasks = c.wait_completed(&nodes[0], &ids, 10).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut roamed = Vec::new();
+    for r in runners {
+        roamed.push(
+            tokio::time::timeout(Duration::from_secs(20), r)
+                .await
+                .expect("runners finish what they hold")
+                .unwrap(),
+        );
+    }
+
+    let final_attempt: HashMap<&str, u64> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["task_id"].as_str().unwrap(),
+                t["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
+    for (task, attempt) in roamed.iter().flat_map(|r| r.executed.iter()) {
+        runs.entry(task.clone()).or_default().push(*attempt);
+    }
+    let requeued: Vec<&str> = final_attempt
+        .iter()
+        .filter(|(_, a)| **a > 1)
+        .map(|(t, _)| *t)
+        .collect();
+    // What was created before the kill (including on the dead node) was done by then.
+    let finished: HashMap<&String, Instant> = roamed
+        .iter()
+        .flat_map(|r| r.finished.iter())
+        .map(|(t, at)| (t, *at))
+        .collect();
+    let before_kill_done = acked
+        .iter()
+        .filter(|(_, _, at)| *at <= killed)
+        .filter_map(|(t, _, _)| finished.get(t))
+        .max()
+        .map(|at| at.saturating_duration_since(killed));
+    let acked_set: HashSet<&String> = ids.iter().collect();
+    let ran_unacked = runs.keys().filter(|t| !acked_set.contains(t)).count();
+    let mut ran_twice = 0;
+    for id in &ids {
+        let attempts = runs
+            .get(id)
+            .unwrap_or_else(|| panic!("task {id} completed but no runner ran it"));
+        assert!(
+            attempts.contains(&(final_attempt[id.as_str()] as u32)),
+            "task {id}: the completed attempt {} was run by a runner ({attempts:?})",
+            final_attempt[id.as_str()]
+        );
+        if attempts.len() > 1 {
+            ran_twice += 1;
+            assert!(
+                final_attempt[id.as_str()] > 1,
+                "task {id} ran {attempts:?} but was never requeued"
+            );
+        }
+    }
+    eprintln!(
+        "cluster kill -9 of 1 of 3 nodes under load: {} tasks acknowledged ({} by the killed node, {} after the kill), \
+         {unanswered} creates unanswered (client moved on); all completed {:?} after the kill ({:?} after the load ended; every task created before the kill done {:?} after it); \
+         {} requeued (attempt > 1), {ran_twice} run twice; runners reconnected {} times (slowest {:?}, token exchange included) listing {} held/unacknowledged tasks; \
+         {ran_unacked} tasks ran whose create was never answered",
+        ids.len(),
+        on_dead,
+        after_kill,
+        all_done,
+        all_done.saturating_sub(load_ended.duration_since(killed)),
+        before_kill_done.unwrap_or_default(),
+        requeued.len(),
+        roamed.iter().map(|r| r.reconnects).sum::<usize>(),
+        roamed.iter().map(|r| r.slowest_reconnect).max().unwrap_or_default(),
+        roamed.iter().map(|r| r.listed_on_reconnect).sum::<usize>(),
+    );
+    assert!(
+        on_dead > 0 && after_kill > 0,
+        "load on the dead node before and on the others after"
+    );
+    assert!(
+        roamed.iter().map(|r| r.reconnects).sum::<usize>() >= RUNNERS / 3,
+        "the dead node's runners reconnected elsewhere"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dap_protocol::TaskError;
 use dap_server::events::EventBus;
-use dap_server::store::webhooks::{Attempt, AttemptOutcome, Webhook};
+use dap_server::store::webhooks::{Attempt, AttemptOutcome, Delivery, Webhook};
 use dap_server::store::{
     now_ms, Artifact, Backend, CancelOutcome, NewTask, Outcome, Scope, Store, StoreError,
     TaskFilter, TaskStatus, WriteOp,
@@ -28,6 +28,7 @@ on_both_backends!(
     api_keys_are_created_listed_and_revoked,
     artifacts_are_fenced_by_attempt_and_listed_in_byte_order,
     webhooks_crud_and_the_outbox_written_with_the_event,
+    a_webhook_delivery_is_claimed_once_until_its_claim_lapses,
     start_up_queries_find_in_flight_and_timed_attempts,
     migrations_are_idempotent,
     a_committed_create_survives_reopening_the_store,
@@ -878,7 +879,10 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
     .await
     .unwrap();
 
-    let due = s.due_deliveries(now_ms() + 1, 100).await.unwrap();
+    let due = s
+        .claim_due_deliveries(now_ms() + 1, LEASE, 100)
+        .await
+        .unwrap();
     let mut seen: Vec<(String, String)> = due
         .iter()
         .map(|(d, _)| (d.webhook_id.clone(), d.event_type.clone()))
@@ -922,15 +926,20 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
         latency_ms: 12,
         error: Some("HTTP 503".into()),
     };
-    s.record_delivery_attempt(&d, &first, AttemptOutcome::RetryAt(retry_at))
-        .await
-        .unwrap();
     assert!(s
-        .due_deliveries(now_ms() + 1, 100)
+        .record_delivery_attempt(&d, &first, AttemptOutcome::RetryAt(retry_at))
+        .await
+        .unwrap());
+    assert!(s
+        .claim_due_deliveries(now_ms() + 1, LEASE, 100)
         .await
         .unwrap()
         .iter()
         .all(|(x, _)| x.id != d.id));
+    // Due again at `retry_at`, under a new claim.
+    let again = s.claim_due_deliveries(retry_at, LEASE, 100).await.unwrap();
+    let d = again.iter().find(|(x, _)| x.id == d.id).unwrap().0.clone();
+    assert_eq!((d.attempts, d.status.as_str()), (1, "pending"));
     let second = Attempt {
         attempt: 2,
         at: now_ms(),
@@ -938,13 +947,15 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
         latency_ms: 7,
         error: None,
     };
-    s.record_delivery_attempt(&d, &second, AttemptOutcome::Delivered)
+    assert!(s
+        .record_delivery_attempt(&d, &second, AttemptOutcome::Delivered)
         .await
-        .unwrap();
-    // Recording the same attempt number again replaces it.
-    s.record_delivery_attempt(&d, &second, AttemptOutcome::Delivered)
+        .unwrap());
+    // The claim ended with that attempt: recording under it again changes nothing.
+    assert!(!s
+        .record_delivery_attempt(&d, &second, AttemptOutcome::Failed)
         .await
-        .unwrap();
+        .unwrap());
     let list = s.list_deliveries("wh1", 10).await.unwrap();
     assert_eq!(list.len(), 1);
     let (got, attempts) = &list[0];
@@ -965,11 +976,13 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
     assert!(s.redeliver("wh1", d.id).await.unwrap());
     assert!(!s.redeliver("wh2", d.id).await.unwrap());
     assert!(s
-        .due_deliveries(now_ms() + 1, 100)
+        .claim_due_deliveries(now_ms() + 1, LEASE, 100)
         .await
         .unwrap()
         .iter()
         .any(|(x, _)| x.id == d.id));
+    // Unclaimed again, so that what follows sees every pending row.
+    assert!(s.release_delivery_claims().await.unwrap() >= 1);
 
     // Disabled: no new rows for it and its pending ones are not due; deleted: pending ones fail.
     let mut off = s.get_webhook("wh1").await.unwrap().unwrap();
@@ -978,16 +991,15 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
     assert!(s.update_webhook(&off).await.unwrap());
     assert!(!s.update_webhook(&webhook("nope", &["*"])).await.unwrap());
     assert_eq!(s.outbox().subscriptions().len(), 1);
-    assert!(s
-        .due_deliveries(now_ms() + 1, 100)
+    let due = s
+        .claim_due_deliveries(now_ms() + 1, LEASE, 100)
         .await
-        .unwrap()
-        .iter()
-        .all(|(x, _)| x.webhook_id == "wh2"));
+        .unwrap();
+    assert!(!due.is_empty() && due.iter().all(|(x, _)| x.webhook_id == "wh2"));
     assert!(s.delete_webhook("wh2").await.unwrap());
     assert!(!s.delete_webhook("wh2").await.unwrap());
     assert!(s
-        .due_deliveries(now_ms() + 1, 100)
+        .claim_due_deliveries(now_ms() + 2 * LEASE, LEASE, 100)
         .await
         .unwrap()
         .is_empty());
@@ -1000,6 +1012,102 @@ async fn webhooks_crud_and_the_outbox_written_with_the_event(backend: Backend) {
 }
 
 /// `wh1` as created by the test above, for comparison.
+/// How long the contract tests' delivery claims last (ms).
+const LEASE: i64 = 60_000;
+
+/// Two workers (two servers on one database) never hold one delivery at once; a claim whose
+/// worker died lapses and the delivery is claimed again; the dead claim can no longer record.
+async fn a_webhook_delivery_is_claimed_once_until_its_claim_lapses(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let s = &f.store;
+    s.create_webhook(&webhook("wh", &["task.cancelled"]))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let id = task_id();
+        create(s, new_task(&id, json!({}))).await;
+        s.write(WriteOp::Cancel { task_id: id }).await.unwrap();
+    }
+    let now = now_ms() + 1;
+    let first = s.claim_due_deliveries(now, LEASE, 2).await.unwrap();
+    let second = s.claim_due_deliveries(now, LEASE, 2).await.unwrap();
+    assert_eq!(
+        (first.len(), second.len()),
+        (2, 1),
+        "oldest first, never twice"
+    );
+    assert!(s
+        .claim_due_deliveries(now, LEASE, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let ids = |v: &[(Delivery, Webhook)]| v.iter().map(|(d, _)| d.id).collect::<Vec<_>>();
+    let mut all = [ids(&first), ids(&second)].concat();
+    all.sort();
+    assert_eq!(
+        all,
+        ids(&first)
+            .into_iter()
+            .chain(ids(&second))
+            .collect::<Vec<_>>()
+    );
+    assert!(first
+        .iter()
+        .all(|(d, _)| d.claimed_until == Some(now + LEASE) && d.claimed_by.is_some()));
+    assert_ne!(first[0].0.claimed_by, second[0].0.claimed_by);
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(now + LEASE));
+
+    // The first claimant delivers one; the second dies holding its claim.
+    let ok = Attempt {
+        attempt: 1,
+        at: now_ms(),
+        status_code: Some(200),
+        latency_ms: 3,
+        error: None,
+    };
+    assert!(s
+        .record_delivery_attempt(&first[0].0, &ok, AttemptOutcome::Delivered)
+        .await
+        .unwrap());
+    // Still held until the claims lapse; then the rest is claimed again, by a new claim.
+    assert!(s
+        .claim_due_deliveries(now + LEASE - 1, LEASE, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let later = now + LEASE;
+    let retaken = s.claim_due_deliveries(later, LEASE, 100).await.unwrap();
+    let mut want = vec![first[1].0.id, second[0].0.id];
+    want.sort();
+    assert_eq!(ids(&retaken), want);
+    assert!(retaken
+        .iter()
+        .all(|(d, _)| d.claimed_by != first[1].0.claimed_by
+            && d.claimed_by != second[0].0.claimed_by));
+    // The lapsed claim records nothing; the new one does.
+    assert!(!s
+        .record_delivery_attempt(&second[0].0, &ok, AttemptOutcome::Delivered)
+        .await
+        .unwrap());
+    let fresh = retaken
+        .iter()
+        .find(|(d, _)| d.id == second[0].0.id)
+        .unwrap();
+    assert!(s
+        .record_delivery_attempt(&fresh.0, &ok, AttemptOutcome::Delivered)
+        .await
+        .unwrap());
+    let log = s.list_deliveries("wh", 10).await.unwrap();
+    let (d, attempts) = log.iter().find(|(d, _)| d.id == second[0].0.id).unwrap();
+    assert_eq!((d.status.as_str(), attempts.len()), ("delivered", 1));
+    assert_eq!((d.claimed_by.as_deref(), d.claimed_until), (None, None));
+
+    // A server alone on its database ends what its previous process left claimed.
+    assert_eq!(s.release_delivery_claims().await.unwrap(), 1);
+    let left = s.claim_due_deliveries(later, LEASE, 100).await.unwrap();
+    assert_eq!(ids(&left), [first[1].0.id]);
+}
+
 async fn webhook_like(s: &Store, id: &str) -> Webhook {
     let got = s.get_webhook(id).await.unwrap().unwrap();
     Webhook {

@@ -17,12 +17,24 @@ pub struct Receiver {
     pub got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
     /// Status codes to answer with, in order; 200 once empty.
     script: Arc<Mutex<VecDeque<u16>>>,
+    /// How long each answer takes.
+    delay: Duration,
 }
 
 impl Receiver {
     pub async fn start(script: &[u16]) -> (Self, String) {
         let r = Receiver::default();
         r.script.lock().unwrap().extend(script.iter().copied());
+        Self::start_on(r, "127.0.0.1:0").await
+    }
+
+    /// A receiver that takes `delay` to answer each request (200), so that deliveries stay in
+    /// flight for a while.
+    pub async fn start_slow(delay: Duration) -> (Self, String) {
+        let r = Receiver {
+            delay,
+            ..Receiver::default()
+        };
         Self::start_on(r, "127.0.0.1:0").await
     }
 
@@ -35,6 +47,7 @@ impl Receiver {
                 let state = state.clone();
                 async move {
                     state.got.lock().unwrap().push((headers, body));
+                    tokio::time::sleep(state.delay).await;
                     let code = state.script.lock().unwrap().pop_front().unwrap_or(200);
                     StatusCode::from_u16(code).unwrap()
                 }
