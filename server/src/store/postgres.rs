@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::sql::{bind_pg, numbered, Arg, DbRow};
 use super::webhooks::subscription;
-use super::writer::{commit_batch, fill, Pending, WriteConn, WriteTx, Writer, MAX_BATCH};
+use super::writer::{commit_batch, fill, NewEvent, Pending, WriteConn, WriteTx, Writer, MAX_BATCH};
 use super::{Outbox, StoreError};
 use crate::events::EventBus;
 
@@ -138,12 +138,42 @@ impl WriteTx for PgTx {
         row.map(|r| read(&r)).transpose()
     }
 
-    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
-        let sql = format!("{} RETURNING id", numbered(sql));
-        let row = bind_pg(sqlx::query(&sql), args)
-            .fetch_one(&mut *self.tx)
-            .await?;
-        row.int(0)
+    async fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip for the whole batch. The ids are drawn first, then given out in
+        // increasing order along the array (`row_number() OVER (ORDER BY id)` joined to the
+        // array's ordinality), so the log's order is the order the ops appended, whatever order
+        // PostgreSQL evaluates `nextval` or returns rows in. Ids drawn inside one clustered
+        // writer transaction (under the event-order lock) stay in commit order.
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+        let tasks: Vec<Option<&str>> = events.iter().map(|e| e.task_id.as_deref()).collect();
+        let runners: Vec<Option<&str>> = events.iter().map(|e| e.runner_id.as_deref()).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
+        let at: Vec<i64> = events.iter().map(|e| e.at).collect();
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "WITH drawn AS MATERIALIZED ( \
+               SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id \
+               FROM generate_series(1, cardinality($1::text[]))), \
+             numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM drawn) \
+             INSERT INTO events (id, kind, task_id, runner_id, data, created_at) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT numbered.id, u.kind, u.task_id, u.runner_id, u.data, u.created_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+               WITH ORDINALITY AS u(kind, task_id, runner_id, data, created_at, n) \
+             JOIN numbered USING (n) \
+             RETURNING id",
+        )
+        .bind(kinds)
+        .bind(tasks)
+        .bind(runners)
+        .bind(data)
+        .bind(at)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     async fn update_task<T>(

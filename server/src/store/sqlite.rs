@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use tokio::sync::mpsc;
 
 use super::sql::{Arg, DbRow};
-use super::writer::{commit_batch, fill, Pending, WriteConn, WriteTx, Writer, MAX_BATCH};
+use super::writer::{commit_batch, fill, NewEvent, Pending, WriteConn, WriteTx, Writer, MAX_BATCH};
 use super::{Outbox, StoreError};
 use crate::events::EventBus;
 
@@ -152,11 +152,23 @@ impl WriteTx for SqliteTx<'_> {
         }
     }
 
-    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError> {
-        self.0
-            .prepare_cached(sql)?
-            .execute(params_from_iter(args))?;
-        Ok(self.0.last_insert_rowid())
+    async fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO events (kind, task_id, runner_id, data, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut ids = Vec::with_capacity(events.len());
+        for e in events {
+            stmt.execute(rusqlite::params![
+                e.kind,
+                e.task_id,
+                e.runner_id,
+                e.json,
+                e.at
+            ])?;
+            ids.push(self.0.last_insert_rowid());
+        }
+        Ok(ids)
     }
 
     async fn update_task<T>(

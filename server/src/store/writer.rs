@@ -176,9 +176,9 @@ pub(super) trait WriteTx {
         args: &[Arg<'_>],
         read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError>;
-    /// Runs an INSERT into a table keyed by an integer `id` column and returns the new row's
-    /// id. `sql` has no RETURNING clause: each backend reads the id its cheapest way.
-    async fn insert_id(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<i64, StoreError>;
+    /// Appends `events` to the log, in order, and returns their ids (increasing). SQLite
+    /// inserts them one by one (no round trips to save); PostgreSQL in one statement.
+    async fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;
     /// Runs `update`, an UPDATE of the one `tasks` row whose id is `task_id` (plus conditions),
     /// and when it changed that row reads its `columns` (as they are after the update) with
     /// `read`. `None` when the conditions did not hold. (SQLite's RETURNING buffers rows in a
@@ -279,10 +279,28 @@ async fn apply_batch<C: WriteConn>(
     let subs = outbox.subscriptions();
     let mut deliveries = false;
     let mut outcomes = Vec::with_capacity(ops.len());
-    let mut events = Vec::new();
+    let mut appended = Vec::new();
     for op in ops {
-        outcomes.push(apply(&mut tx, op, &mut events).await?);
+        outcomes.push(apply(&mut tx, op, &mut appended).await?);
     }
+    let ids = tx.insert_events(&appended).await?;
+    if ids.len() != appended.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{} events written, {} ids returned",
+            appended.len(),
+            ids.len()
+        )));
+    }
+    let events: Vec<Event> = appended
+        .into_iter()
+        .zip(ids)
+        .map(|(e, id)| Event {
+            id,
+            kind: e.kind.to_owned(),
+            task_id: e.task_id,
+            json: e.json,
+        })
+        .collect();
     // The outbox rows commit with the events they report (a crash cannot lose a delivery).
     if !subs.is_empty() {
         let now = now_ms();
@@ -313,47 +331,42 @@ async fn apply_batch<C: WriteConn>(
     Ok((outcomes, events, deliveries))
 }
 
-/// Appends an event to the log (inside the batch's transaction) and to `events`.
-async fn append_event(
-    tx: &mut impl WriteTx,
-    events: &mut Vec<Event>,
+/// An event an op appended; written to the log at the end of its batch
+/// ([`WriteTx::insert_events`]), in the order the ops appended them.
+pub(super) struct NewEvent {
+    pub kind: &'static str,
+    pub task_id: Option<String>,
+    pub runner_id: Option<String>,
+    pub json: String,
+    pub at: i64,
+}
+
+/// Appends an event to the batch's `events` (the log gets it before the batch commits).
+fn append_event(
+    events: &mut Vec<NewEvent>,
     kind: &'static str,
     task_id: Option<&str>,
     runner_id: Option<&str>,
     mut data: Value,
-) -> Result<(), StoreError> {
+) {
     let at = now_ms();
     if let Some(obj) = data.as_object_mut() {
         obj.insert("type".into(), Value::from(kind));
         obj.insert("at".into(), Value::from(at));
     }
-    let json = data.to_string();
-    let id = tx
-        .insert_id(
-            "INSERT INTO events (kind, task_id, runner_id, data, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            &[
-                kind.into(),
-                task_id.into(),
-                runner_id.into(),
-                json.as_str().into(),
-                at.into(),
-            ],
-        )
-        .await?;
-    events.push(Event {
-        id,
-        kind: kind.to_owned(),
+    events.push(NewEvent {
+        kind,
         task_id: task_id.map(str::to_owned),
-        json,
+        runner_id: runner_id.map(str::to_owned),
+        json: data.to_string(),
+        at,
     });
-    Ok(())
 }
 
 async fn apply(
     tx: &mut impl WriteTx,
     op: &WriteOp,
-    events: &mut Vec<Event>,
+    events: &mut Vec<NewEvent>,
 ) -> Result<Outcome, StoreError> {
     let now = now_ms();
     match op {
@@ -389,13 +402,13 @@ async fn apply(
             if let Some(from) = &t.retried_from {
                 data["retried_from"] = Value::from(from.as_str());
             }
-            append_event(tx, events, "task.created", Some(&t.id), None, data).await?;
+            append_event(events, "task.created", Some(&t.id), None, data);
             if let Some(runner) = &t.assign_to {
                 let data = json!({
                     "task_id": t.id, "status": "assigned", "operation_code": t.operation_code,
                     "runner_id": runner, "attempt": attempt, "progress": 0,
                 });
-                append_event(tx, events, "task.assigned", Some(&t.id), Some(runner), data).await?;
+                append_event(events, "task.assigned", Some(&t.id), Some(runner), data);
             }
             Ok(Outcome::Done)
         }
@@ -428,14 +441,12 @@ task_id,
                 "runner_id": runner_id, "attempt": attempt, "progress": 0,
             });
             append_event(
-                tx,
                 events,
                 "task.assigned",
                 Some(task_id),
                 Some(runner_id),
                 data,
-            )
-            .await?;
+            );
             Ok(Outcome::Applied(true))
         }
         WriteOp::Progress {
@@ -475,14 +486,12 @@ task_id,
                 "stage": stage, "message": message,
             });
             append_event(
-                tx,
                 events,
                 "task.progress",
                 Some(task_id),
                 Some(runner_id),
                 data,
-            )
-            .await?;
+            );
             Ok(Outcome::Applied(true))
         }
         WriteOp::Finish {
@@ -532,7 +541,7 @@ task_id,
             } else {
                 "task.completed"
             };
-            append_event(tx, events, kind, Some(task_id), Some(runner_id), data).await?;
+            append_event(events, kind, Some(task_id), Some(runner_id), data);
             Ok(Outcome::Applied(true))
         }
         WriteOp::Cancel { task_id } => {
@@ -570,14 +579,12 @@ task_id,
                 "runner_id": runner_id, "attempt": attempt, "progress": progress,
             });
             append_event(
-                tx,
                 events,
                 "task.cancelled",
                 Some(task_id),
                 runner_id.as_deref(),
                 data,
-            )
-            .await?;
+            );
             let runner = match status {
                 TaskStatus::Assigned | TaskStatus::Running => {
                     runner_id.map(|r| (r, attempt as u32))
@@ -641,15 +648,7 @@ task_id,
                     "runner_id": runner_id, "attempt": attempt, "progress": progress,
                     "error": { "code": fail_code, "message": message },
                 });
-                append_event(
-                    tx,
-                    events,
-                    "task.failed",
-                    Some(task_id),
-                    Some(runner_id),
-                    data,
-                )
-                .await?;
+                append_event(events, "task.failed", Some(task_id), Some(runner_id), data);
                 return Ok(Outcome::Lost);
             }
             let code = tx.update_task(
@@ -674,7 +673,7 @@ task_id,
                 "task_id": task_id, "status": "queued", "operation_code": code,
                 "attempt": attempt, "progress": 0, "reason": reason,
             });
-            append_event(tx, events, "task.requeued", Some(task_id), None, data).await?;
+            append_event(events, "task.requeued", Some(task_id), None, data);
             Ok(Outcome::Applied(true))
         }
         WriteOp::RunnerState {
@@ -688,7 +687,7 @@ task_id,
                 &[now.into(), hello.into(), runner_id.into()],
             )
             .await?;
-            append_event(tx, events, kind, None, Some(runner_id), data.clone()).await?;
+            append_event(events, kind, None, Some(runner_id), data.clone());
             Ok(Outcome::Done)
         }
     }

@@ -513,15 +513,16 @@ async fn event_log_is_in_commit_order_and_replays_from_any_id(backend: Backend) 
     let mut live = f.bus.subscribe();
     assert_eq!(s.last_event_id().await.unwrap(), 0);
 
-    // Many writers at once: the writer folds them into few transactions.
+    // Many writers at once: the writer folds them into few transactions. Every other create is
+    // also an assignment (two events from one op), so a batch's events are not one per op.
     let ids: Vec<String> = (0..300).map(|_| task_id()).collect();
     let mut waiting = Vec::new();
-    for id in &ids {
-        let rx = s
-            .writer()
-            .enqueue(WriteOp::CreateTask(new_task(id, json!({ "n": 1 }))))
-            .await
-            .unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let mut t = new_task(id, json!({ "n": 1 }));
+        if i % 2 == 0 {
+            t.assign_to = Some("r0".into());
+        }
+        let rx = s.writer().enqueue(WriteOp::CreateTask(t)).await.unwrap();
         waiting.push(rx);
     }
     for rx in waiting {
@@ -532,8 +533,21 @@ async fn event_log_is_in_commit_order_and_replays_from_any_id(backend: Backend) 
     finish(s, &ids[7], "r1", 1, Ok(json!({ "ok": true }))).await;
 
     let log = s.events_after(0, None, 10_000).await.unwrap();
-    assert_eq!(log.len(), 303);
+    assert_eq!(log.len(), 453);
     assert!(log.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    // Each row's id, kind and task go with its own payload (no event got another's data), and
+    // an op's two events are adjacent, in the order the op appended them.
+    for e in &log {
+        let data: Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(data["type"], e.kind.as_str(), "{e:?}");
+        assert_eq!(data["task_id"].as_str(), e.task_id.as_deref(), "{e:?}");
+    }
+    for w in log.windows(2) {
+        if w[1].kind == "task.assigned" && w[1].task_id.as_deref() != Some(&ids[7]) {
+            assert_eq!(w[0].kind, "task.created");
+            assert_eq!(w[0].task_id, w[1].task_id);
+        }
+    }
     assert_eq!(s.last_event_id().await.unwrap(), log.last().unwrap().id);
     // Creates were committed in the order they were queued.
     let created: Vec<&str> = log
