@@ -48,6 +48,10 @@ pub struct NoopArgs {
     /// Runner counts for the throughput runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub runners: Vec<usize>,
+    /// Tasks per `POST /api/v1/tasks/batch` in a second series of throughput runs (printed as
+    /// `durable_throughput_<db>_batch<N>_<R>_runners`); 0 leaves that series out.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
     /// Database of the in-process server (e.g. `postgres://…`, an empty database); by default
     /// SQLite in a temp dir.
     #[arg(long, env = "DAP_BENCH_DATABASE")]

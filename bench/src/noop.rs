@@ -12,7 +12,8 @@
 //! - `roundtrip`: POST /tasks sent → the `task.completed` SSE event is received (published
 //!   only after the result is committed, so the result is readable at that instant).
 //! - `throughput`: concurrent clients create no-op tasks for a while; completed tasks per
-//!   second, with 1, 4 and 16 runners.
+//!   second, with 1, 4 and 16 runners; then again with `POST /api/v1/tasks/batch` (`--batch`
+//!   tasks per request).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,6 +112,18 @@ impl Bench {
             .expect("create");
         assert_eq!(r.status(), 201, "create refused");
         r.json().await.expect("create json")
+    }
+
+    async fn create_batch(&self, body: &Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/tasks/batch", self.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("create batch");
+        assert_eq!(r.status(), 201, "batch create refused");
     }
 
     async fn completed(&self) -> u64 {
@@ -272,7 +285,16 @@ async fn latency(b: &Bench, iterations: usize) {
         .close_runner(&runner_id, 1000, "latency run over");
 }
 
-async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, secs: u64) {
+/// `batch` 0: each client POSTs one task at a time; otherwise `batch` tasks per
+/// `POST /api/v1/tasks/batch`.
+async fn throughput(
+    b: &Arc<Bench>,
+    runners: usize,
+    slots: u32,
+    clients: usize,
+    secs: u64,
+    batch: usize,
+) {
     let mut ids = Vec::new();
     for _ in 0..runners {
         ids.push(spawn_runner(b, slots, None).await);
@@ -287,10 +309,16 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
         let b = b.clone();
         let created = created.clone();
         handles.push(tokio::spawn(async move {
-            let body = json!({ "operation_code": dap_protocol::op::NOOP });
+            let one = json!({ "operation_code": dap_protocol::op::NOOP });
+            let many = json!({ "tasks": vec![one.clone(); batch] });
             while Instant::now() < end {
-                b.create(&body).await;
-                created.fetch_add(1, Ordering::Relaxed);
+                if batch == 0 {
+                    b.create(&one).await;
+                    created.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    b.create_batch(&many).await;
+                    created.fetch_add(batch as u64, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -305,9 +333,13 @@ async fn throughput(b: &Arc<Bench>, runners: usize, slots: u32, clients: usize, 
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = thread_cpu();
     let done = b.completed().await - before;
-    let backend = match b.state.store.backend() {
+    let db = match b.state.store.backend() {
         dap_server::store::Backend::Sqlite => "sqlite",
         dap_server::store::Backend::Postgres => "postgres",
+    };
+    let backend = match batch {
+        0 => db.to_owned(),
+        n => format!("{db}_batch{n}"),
     };
     println!(
         "durable_throughput_{backend}_{runners}_runners: {:.0} tasks/s",
@@ -341,7 +373,14 @@ pub async fn run(args: &NoopArgs) {
     let b = Arc::new(start_server(args.database.as_deref()).await);
     latency(&b, args.iterations).await;
     for &n in &args.runners {
-        throughput(&b, n, args.slots, args.clients, args.seconds).await;
+        throughput(&b, n, args.slots, args.clients, args.seconds, 0).await;
+    }
+    if args.batch > 0 {
+        // Fewer clients: each request carries `batch` tasks.
+        let clients = (args.clients / 8).max(1);
+        for &n in &args.runners {
+            throughput(&b, n, args.slots, clients, args.seconds, args.batch).await;
+        }
     }
 }
 

@@ -82,6 +82,45 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The same error about one item of a request (e.g. `tasks[3]` of a batch): its message
+    /// starts with `what`, and a conflict's details also carry `index`.
+    pub fn at(self, what: &str, index: usize) -> Self {
+        let name = |m: String| format!("{what}: {m}");
+        match self {
+            Self::BadRequest { code, message } => Self::BadRequest {
+                code,
+                message: name(message),
+            },
+            Self::NotFound { code, message } => Self::NotFound {
+                code,
+                message: name(message),
+            },
+            Self::Conflict {
+                code,
+                message,
+                details,
+            } => {
+                let mut details = match details {
+                    Some(Value::Object(d)) => d,
+                    _ => serde_json::Map::new(),
+                };
+                details.insert("index".into(), Value::from(index));
+                Self::Conflict {
+                    code,
+                    message: name(message),
+                    details: Some(Value::Object(details)),
+                }
+            }
+            Self::Unprocessable { code, message } => Self::Unprocessable {
+                code,
+                message: name(message),
+            },
+            other => other,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut retry_after = None;

@@ -38,6 +38,12 @@ pub struct TaskCreated {
     pub runner_id: Option<String>,
 }
 
+/// `201` answer of `POST /api/v1/tasks/batch`: one entry per task, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct TaskBatchCreated {
+    pub tasks: Vec<TaskCreated>,
+}
+
 /// A task as `GET /api/v1/tasks/{id}` shows it (timestamps are RFC 3339, UTC).
 #[derive(Serialize, ToSchema)]
 pub struct TaskView {
@@ -116,6 +122,7 @@ impl Modify for SecuritySchemes {
         super::metrics::scrape,
         spec,
         super::tasks::create,
+        super::tasks::create_batch,
         super::tasks::list,
         super::tasks::get_one,
         super::tasks::result,
@@ -143,7 +150,7 @@ impl Modify for SecuritySchemes {
         super::webhooks::redeliver,
         crate::socket::connect,
     ),
-    components(schemas(ErrorBody, ErrorDetail, TaskCreated, TaskView, TaskList)),
+    components(schemas(ErrorBody, ErrorDetail, TaskCreated, TaskBatchCreated, TaskView, TaskList)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "tasks"), (name = "artifacts"), (name = "events", description = "SSE live feed"),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller};
-use super::openapi::{ErrorBody, TaskCreated, TaskList, TaskView};
+use super::openapi::{ErrorBody, TaskBatchCreated, TaskCreated, TaskList, TaskView};
 use super::ts;
 use crate::dispatcher::{dataset_of, QueuedTask, Refusal};
 use crate::store::{CancelOutcome, NewTask, Outcome, Scope, Task, TaskFilter, TaskStatus, WriteOp};
@@ -20,6 +20,7 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tasks", post(create).get(list))
+        .route("/api/v1/tasks/batch", post(create_batch))
         .route("/api/v1/tasks/{id}", get(get_one))
         .route("/api/v1/tasks/{id}/result", get(result))
         .route("/api/v1/tasks/{id}/events", get(history))
@@ -289,30 +290,30 @@ async fn input_runner(
     Ok(runner)
 }
 
-#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("api_key" = [])),
-    request_body = CreateTask,
-    responses((status = 201, description = "Committed, then pushed to a runner or queued", body = TaskCreated),
-        (status = 400, description = "`invalid_json`", body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
-        (status = 404, description = "`runner_not_found`", body = ErrorBody),
-        (status = 409, description = "`runner_busy`, `runner_draining`, `runner_offline`, `input_not_ready`", body = ErrorBody),
-        (status = 422, description = "`unknown_operation`, `missing_dataset`, `path_not_allowed`, `invalid_params`, `unsupported_operation`, `unknown_dataset`, `unknown_input`, `input_on_other_runner`", body = ErrorBody)))]
-async fn create(
-    State(s): State<AppState>,
-    caller: Caller,
-    ApiJson(req): ApiJson<CreateTask>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// A create that passed validation and holds its runner slot (if one was free), not yet
+/// stored. [`unreserve`] gives the slot back if the commit fails; [`place`] pushes or queues
+/// it after the commit.
+struct Prepared {
+    queued: QueuedTask,
+    new: NewTask,
+    assign_to: Option<String>,
+    started: std::time::Instant,
+}
+
+/// Validates a create and reserves a slot on a runner for it when one is free. Errors are the
+/// create's (see the OpenAPI responses of `POST /api/v1/tasks`); nothing is stored.
+async fn prepare(s: &AppState, req: &CreateTask) -> Result<Prepared, ApiError> {
     let started = std::time::Instant::now();
-    caller.require(Scope::Write)?;
     let Validated {
         code,
         params,
         params_json,
         input,
-    } = validate(&req)?;
-    let limits = validate_limits(&req)?;
+    } = validate(req)?;
+    let limits = validate_limits(req)?;
     // A pipeline step is pinned to the runner that holds its input, like a targeted task.
     let target = match &input {
-        Some(input) => Some(input_runner(&s, input, req.runner_id.as_deref()).await?),
+        Some(input) => Some(input_runner(s, input, req.runner_id.as_deref()).await?),
         None => req.runner_id.clone(),
     };
     let task_id = uuid::Uuid::now_v7().to_string();
@@ -398,49 +399,156 @@ async fn create(
     };
 
     let new = NewTask {
-        id: task_id.clone(),
+        id: task_id,
         operation_code: code,
         params_json,
-        target_runner_id: target.clone(),
+        target_runner_id: target,
         assign_to: assign_to.clone(),
         timeout_s: limits.timeout_s,
         max_attempts: limits.max_attempts,
         retried_from: None,
     };
-    if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
-        if let Some(r) = &assign_to {
-            s.dispatcher.release(r, &task_id, 1).await;
-        }
-        return Err(e.into());
+    Ok(Prepared {
+        queued,
+        new,
+        assign_to,
+        started,
+    })
+}
+
+/// Gives back the slot a prepared create reserved (its commit failed).
+async fn unreserve(s: &AppState, p: &Prepared) {
+    if let Some(r) = &p.assign_to {
+        s.dispatcher.release(r, &p.new.id, 1).await;
     }
-    let status = match &assign_to {
+}
+
+/// After the commit: pushes the task to the runner whose slot it reserved (requeued if that
+/// runner just left), or queues it. Its status as the create's answer reports it.
+async fn place(s: &AppState, p: Prepared) -> TaskStatus {
+    let Prepared {
+        queued,
+        assign_to,
+        started,
+        ..
+    } = p;
+    match &assign_to {
         Some(runner) => {
             let a = Assignment {
-                task_id: task_id.clone(),
+                task_id: queued.task_id.clone(),
                 attempt: 1,
-                operation_code: code,
+                operation_code: queued.operation_code,
                 params: (*queued.params).clone(),
             };
-            s.dispatcher.arm_timeout(&task_id, 1, limits.timeout_s);
-            if !s.dispatcher.push(runner, a) {
-                s.dispatcher
-                    .requeue(runner, vec![(task_id.clone(), 1)], "runner_disconnected")
-                    .await;
-                TaskStatus::Queued
-            } else {
+            s.dispatcher
+                .arm_timeout(&queued.task_id, 1, queued.timeout_s);
+            if s.dispatcher.push(runner, a) {
                 s.metrics.observe_dispatch(started.elapsed());
                 TaskStatus::Assigned
+            } else {
+                s.dispatcher
+                    .requeue(
+                        runner,
+                        vec![(queued.task_id.clone(), 1)],
+                        "runner_disconnected",
+                    )
+                    .await;
+                TaskStatus::Queued
             }
         }
         None => {
             s.dispatcher.enqueue(queued).await;
             TaskStatus::Queued
         }
-    };
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("api_key" = [])),
+    request_body = CreateTask,
+    responses((status = 201, description = "Committed, then pushed to a runner or queued", body = TaskCreated),
+        (status = 400, description = "`invalid_json`", body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
+        (status = 404, description = "`runner_not_found`", body = ErrorBody),
+        (status = 409, description = "`runner_busy`, `runner_draining`, `runner_offline`, `input_not_ready`", body = ErrorBody),
+        (status = 422, description = "`unknown_operation`, `missing_dataset`, `path_not_allowed`, `invalid_params`, `unsupported_operation`, `unknown_dataset`, `unknown_input`, `input_on_other_runner`", body = ErrorBody)))]
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateTask>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Write)?;
+    let p = prepare(&s, &req).await?;
+    if let Err(e) = s.store.write(WriteOp::CreateTask(p.new.clone())).await {
+        unreserve(&s, &p).await;
+        return Err(e.into());
+    }
+    let (task_id, runner_id) = (p.new.id.clone(), p.assign_to.clone());
+    let status = place(&s, p).await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": assign_to })),
+        Json(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": runner_id })),
     ))
+}
+
+/// Most tasks one `POST /api/v1/tasks/batch` creates.
+pub const MAX_BATCH_CREATE: usize = 1000;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateTasks {
+    /// 1 to 1000 tasks, each as `POST /api/v1/tasks` takes it.
+    tasks: Vec<CreateTask>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/batch", tag = "tasks", security(("api_key" = [])),
+    request_body = CreateTasks,
+    responses((status = 201, description = "All committed in one transaction, then each pushed to a runner or queued: `{tasks: [{task_id, status, runner_id}]}` in request order", body = TaskBatchCreated),
+        (status = 400, description = "`invalid_json`", body = ErrorBody), (status = 401, description = "No or bad credential", body = ErrorBody), (status = 403, description = "Scope too low", body = ErrorBody),
+        (status = 404, description = "`runner_not_found` (the message names `tasks[i]`)", body = ErrorBody),
+        (status = 409, description = "As `POST /api/v1/tasks`, for the first task refused (`tasks[i]`; nothing is stored)", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (no tasks, more than 1000), or as `POST /api/v1/tasks` for the first invalid task (`tasks[i]`; nothing is stored)", body = ErrorBody)))]
+async fn create_batch(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateTasks>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Write)?;
+    if req.tasks.is_empty() || req.tasks.len() > MAX_BATCH_CREATE {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "tasks must hold 1 to {MAX_BATCH_CREATE} tasks, got {}",
+                req.tasks.len()
+            ),
+        ));
+    }
+    // All or nothing: the first task refused gives back what the earlier ones reserved.
+    let mut prepared = Vec::with_capacity(req.tasks.len());
+    for (i, t) in req.tasks.iter().enumerate() {
+        match prepare(&s, t).await {
+            Ok(p) => prepared.push(p),
+            Err(e) => {
+                for p in &prepared {
+                    unreserve(&s, p).await;
+                }
+                return Err(e.at(&format!("tasks[{i}]"), i));
+            }
+        }
+    }
+    let news = prepared.iter().map(|p| p.new.clone()).collect();
+    if let Err(e) = s.store.write(WriteOp::CreateTasks(news)).await {
+        for p in &prepared {
+            unreserve(&s, p).await;
+        }
+        return Err(e.into());
+    }
+    let mut created = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let (task_id, runner_id) = (p.new.id.clone(), p.assign_to.clone());
+        let status = place(&s, p).await;
+        created
+            .push(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": runner_id }));
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "tasks": created }))))
 }
 
 /// Cluster mode: checks a task targeted at runner `r`, which is connected to another node
@@ -740,35 +848,18 @@ async fn retry(
         max_attempts: old.max_attempts,
         retried_from: Some(id.clone()),
     };
-    if let Err(e) = s.store.write(WriteOp::CreateTask(new)).await {
-        if let Some(r) = &assign_to {
-            s.dispatcher.release(r, &task_id, 1).await;
-        }
+    let p = Prepared {
+        queued,
+        new,
+        assign_to,
+        started: std::time::Instant::now(),
+    };
+    if let Err(e) = s.store.write(WriteOp::CreateTask(p.new.clone())).await {
+        unreserve(&s, &p).await;
         return Err(e.into());
     }
-    let status = match &assign_to {
-        Some(runner) => {
-            let a = Assignment {
-                task_id: task_id.clone(),
-                attempt: 1,
-                operation_code: old.operation_code,
-                params: old.params.clone(),
-            };
-            s.dispatcher.arm_timeout(&task_id, 1, old.timeout_s);
-            if s.dispatcher.push(runner, a) {
-                TaskStatus::Assigned
-            } else {
-                s.dispatcher
-                    .requeue(runner, vec![(task_id.clone(), 1)], "runner_disconnected")
-                    .await;
-                TaskStatus::Queued
-            }
-        }
-        None => {
-            s.dispatcher.enqueue(queued).await;
-            TaskStatus::Queued
-        }
-    };
+    let assign_to = p.assign_to.clone();
+    let status = place(&s, p).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({

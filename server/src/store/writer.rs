@@ -40,6 +40,8 @@ pub(super) const MAX_BATCH: usize = 1024;
 #[derive(Debug)]
 pub enum WriteOp {
     CreateTask(NewTask),
+    /// Several creates in one transaction: all are stored, or none.
+    CreateTasks(Vec<NewTask>),
     Assign {
         task_id: String,
         runner_id: String,
@@ -363,6 +365,56 @@ fn append_event(
     });
 }
 
+/// Inserts a new task (queued, or assigned when the dispatcher reserved a slot) and appends its
+/// events.
+async fn create_task(
+    tx: &mut impl WriteTx,
+    t: &NewTask,
+    now: i64,
+    events: &mut Vec<NewEvent>,
+) -> Result<(), StoreError> {
+    let (status, attempt, assigned_at) = match &t.assign_to {
+        Some(_) => (TaskStatus::Assigned, 1u32, Some(now)),
+        None => (TaskStatus::Queued, 0, None),
+    };
+    tx.execute(
+        "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, attempt, \
+         progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, retried_from) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
+        &[
+            (&t.id).into(),
+            t.operation_code.into(),
+            (&t.params_json).into(),
+            status.as_str().into(),
+            (&t.target_runner_id).into(),
+            (&t.assign_to).into(),
+            attempt.into(),
+            now.into(),
+            assigned_at.into(),
+            t.timeout_s.into(),
+            t.max_attempts.into(),
+            (&t.retried_from).into(),
+        ],
+    )
+    .await?;
+    let mut data = json!({
+        "task_id": t.id, "status": "queued", "operation_code": t.operation_code,
+        "target_runner_id": t.target_runner_id, "progress": 0,
+    });
+    if let Some(from) = &t.retried_from {
+        data["retried_from"] = Value::from(from.as_str());
+    }
+    append_event(events, "task.created", Some(&t.id), None, data);
+    if let Some(runner) = &t.assign_to {
+        let data = json!({
+            "task_id": t.id, "status": "assigned", "operation_code": t.operation_code,
+            "runner_id": runner, "attempt": attempt, "progress": 0,
+        });
+        append_event(events, "task.assigned", Some(&t.id), Some(runner), data);
+    }
+    Ok(())
+}
+
 async fn apply(
     tx: &mut impl WriteTx,
     op: &WriteOp,
@@ -371,44 +423,13 @@ async fn apply(
     let now = now_ms();
     match op {
         WriteOp::CreateTask(t) => {
-            let (status, attempt, assigned_at) = match &t.assign_to {
-                Some(_) => (TaskStatus::Assigned, 1u32, Some(now)),
-                None => (TaskStatus::Queued, 0, None),
-            };
-            tx.execute(
-                "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, attempt, \
-                 progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, retried_from) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
-                &[
-                    (&t.id).into(),
-                    t.operation_code.into(),
-                    (&t.params_json).into(),
-                    status.as_str().into(),
-                    (&t.target_runner_id).into(),
-                    (&t.assign_to).into(),
-                    attempt.into(),
-                    now.into(),
-                    assigned_at.into(),
-                    t.timeout_s.into(),
-                    t.max_attempts.into(),
-                    (&t.retried_from).into(),
-                ],
-            )
-            .await?;
-            let mut data = json!({
-                "task_id": t.id, "status": "queued", "operation_code": t.operation_code,
-                "target_runner_id": t.target_runner_id, "progress": 0,
-            });
-            if let Some(from) = &t.retried_from {
-                data["retried_from"] = Value::from(from.as_str());
-            }
-            append_event(events, "task.created", Some(&t.id), None, data);
-            if let Some(runner) = &t.assign_to {
-                let data = json!({
-                    "task_id": t.id, "status": "assigned", "operation_code": t.operation_code,
-                    "runner_id": runner, "attempt": attempt, "progress": 0,
-                });
-                append_event(events, "task.assigned", Some(&t.id), Some(runner), data);
+            create_task(tx, t, now, events).await?;
+            Ok(Outcome::Done)
+        }
+        WriteOp::CreateTasks(ts) => {
+            // All or none: an error here fails the op, and the batch retries it on its own.
+            for t in ts {
+                create_task(tx, t, now, events).await?;
             }
             Ok(Outcome::Done)
         }

@@ -226,3 +226,142 @@ async fn tasks_route_to_runners_holding_the_dataset_and_requeue_on_disconnect() 
         .collect();
     assert_eq!(names, ["a", "b"]);
 }
+
+/// `POST /api/v1/tasks/batch`: one transaction for all, then each pushed or queued as a single
+/// create would be; answers in request order.
+#[tokio::test]
+async fn a_batch_create_stores_all_in_order_and_fills_free_slots_first() {
+    let srv = TestServer::start().await;
+    let (rid, cred) = srv.enrol("pair").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 2, &[]).await;
+    let before = srv.task_total().await;
+    let (st, v) = srv
+        .post(
+            "/api/v1/tasks/batch",
+            &srv.write_key,
+            json!({ "tasks": [
+                {"operation_code": 1},
+                {"operation_code": 1, "timeout_s": 60},
+                {"operation_code": 1, "max_attempts": 2},
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    let statuses: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["assigned", "assigned", "queued"]);
+    assert_eq!(tasks[0]["runner_id"], rid.as_str());
+    assert!(tasks[2]["runner_id"].is_null());
+    assert_eq!(srv.task_total().await, before + 3);
+    // Each is a task like any other: its own limits, its own events, pushed in order.
+    let ids: Vec<String> = tasks
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(srv.task(&ids[1]).await["timeout_s"], 60);
+    assert_eq!(srv.task(&ids[2]).await["max_attempts"], 2);
+    let a = runner.next_assignment(5).await;
+    let b = runner.next_assignment(5).await;
+    assert_eq!(
+        (a.task_id.as_str(), b.task_id.as_str()),
+        (ids[0].as_str(), ids[1].as_str())
+    );
+    // The queued one starts when a slot frees.
+    runner.complete(&a, json!({"ok": 1})).await;
+    let c = runner.next_assignment(5).await;
+    assert_eq!(c.task_id, ids[2]);
+    runner.complete(&b, json!({"ok": 2})).await;
+    runner.complete(&c, json!({"ok": 3})).await;
+    for id in &ids {
+        srv.wait_status(id, "completed", 5).await;
+    }
+}
+
+/// One bad task refuses the whole batch: nothing stored, no event, no slot kept, and the error
+/// names the task.
+#[tokio::test]
+async fn a_batch_with_one_refused_task_stores_nothing() {
+    let srv = TestServer::start().await;
+    let (rid, cred) = srv.enrol("solo").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let total = srv.task_total().await;
+    let events = srv.state.store.last_event_id().await.unwrap();
+
+    // An invalid task after a valid one (which reserved the only slot).
+    let (st, v) = srv
+        .post(
+            "/api/v1/tasks/batch",
+            &srv.write_key,
+            json!({ "tasks": [{"operation_code": 1}, {"operation_code": 999}] }),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unknown_operation");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tasks[1]: "),
+        "{v}"
+    );
+    // A targeted task for a runner that the same batch already filled: 409, index 1.
+    let (st, v) = srv
+        .post(
+            "/api/v1/tasks/batch",
+            &srv.write_key,
+            json!({ "tasks": [
+                {"operation_code": 1, "runner_id": rid},
+                {"operation_code": 1, "runner_id": rid},
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error"]["code"], "runner_busy");
+    assert_eq!(v["error"]["index"], 1);
+    for bad in [
+        json!({ "tasks": [] }),
+        json!({ "tasks": vec![json!({"operation_code": 1}); 1001] }),
+    ] {
+        let (st, v) = srv.post("/api/v1/tasks/batch", &srv.write_key, bad).await;
+        assert_eq!(st, 422, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_request");
+    }
+    let (st, _) = srv
+        .post(
+            "/api/v1/tasks/batch",
+            &srv.read_key,
+            json!({ "tasks": [{"operation_code": 1}] }),
+        )
+        .await;
+    assert_eq!(st, 403, "read scope cannot create");
+
+    assert_eq!(srv.task_total().await, total, "nothing stored");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // No task event. (The runner may show busy and idle again: the first task of each refused
+    // batch held its slot until the refusal.)
+    let after = srv
+        .state
+        .store
+        .events_after(events, None, 100)
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|e| e.kind.starts_with("runner.")),
+        "{after:?}"
+    );
+    assert!(runner.next(1).await.is_none(), "nothing pushed");
+    // The slots the refused batches reserved were given back: a single create is assigned.
+    let (st, v) = srv
+        .create_task(json!({"operation_code": 1, "runner_id": rid}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["status"], "assigned");
+    assert_eq!(
+        runner.next_assignment(5).await.task_id,
+        v["task_id"].as_str().unwrap()
+    );
+}
