@@ -1,5 +1,5 @@
 //! Multi-node operation (`--cluster`): several `dap-server` processes ("nodes") on one
-//! PostgreSQL database, each with its own runners. This module runs a node's two background
+//! PostgreSQL database, each with its own runners. This module runs a node's three background
 //! loops; everything else behaves as on a single server.
 //!
 //! - **The feed** LISTENs on `dap_events` (the writers of all nodes NOTIFY the last event id of
@@ -10,10 +10,14 @@
 //!   win), tasks assigned or finished anywhere leave the local queue, and a runner that
 //!   connected to another node is forgotten here. A poll of the log every second covers lost
 //!   notifications; after the listener reconnects, the feed catches up from the log.
-//! - **Presence** writes which runners are on this node every few seconds (`runner_presence`)
-//!   and requeues the in-flight tasks of runners no node has reported for a grace period (their
-//!   node died and they did not reconnect anywhere). Every node sweeps; the requeue is a
-//!   conditional write, so only one wins.
+//! - **Presence** writes which runners are on this node every few seconds (`runner_presence`,
+//!   stamped with the database's clock).
+//! - **The sweeper** requeues the in-flight tasks of runners no node has reported for a grace
+//!   period (their node died and they did not reconnect anywhere). Every node sweeps; the
+//!   requeue is a conditional write, so only one wins, and it is conditional on the runner
+//!   still being absent when it commits, so a runner that reconnected to some node in the
+//!   meantime keeps its task (that node records the runner's presence under the writers'
+//!   advisory lock before it takes the runner's tasks over).
 //!
 //! It places no task itself (the dispatcher does) and writes tasks only through the writer.
 
@@ -31,6 +35,10 @@ use crate::store::{now_ms, Event, Store, StoreError};
 const PAGE: u32 = 1000;
 /// How often the feed reads the log without being notified (lost notifications, quiet nodes).
 const POLL: Duration = Duration::from_secs(1);
+/// Test-only: the sweeper waits this many milliseconds between reading the orphaned tasks and
+/// requeueing them, so a test can land a runner's reconnect in that window every time. Unset
+/// (the default) means no wait; not a setting anyone should use.
+const TEST_SWEEP_DELAY_VAR: &str = "DAP_TEST_SWEEP_DELAY_MS";
 
 /// A new node id: a UUIDv7, so ids sort by start time.
 pub fn new_node_id() -> String {
@@ -46,8 +54,9 @@ enum Signal {
     Listening,
 }
 
-/// Starts the feed and presence loops of node `node_id`. The feed publishes every event with
-/// an id above `published_up_to` (the log's end when the node started). Both stop on `stop`.
+/// Starts the feed, presence and sweep loops of node `node_id`. The feed publishes every event
+/// with an id above `published_up_to` (the log's end when the node started). All stop on
+/// `stop`.
 pub fn spawn(
     store: Store,
     bus: EventBus,
@@ -64,7 +73,8 @@ pub fn spawn(
         node_id: dispatcher.node_id().unwrap_or_default().to_owned(),
     };
     tokio::spawn(feed.run(stop.clone()));
-    tokio::spawn(presence(store, dispatcher, grace, stop));
+    tokio::spawn(presence(dispatcher.clone(), grace, stop.clone()));
+    tokio::spawn(sweep(store, dispatcher, grace, stop));
 }
 
 /// Holds the listener connection and forwards notifications, so the feed never cancels a read
@@ -175,39 +185,63 @@ impl Feed {
     }
 }
 
-/// Writes this node's runners to the presence table and sweeps tasks nobody looks after.
-async fn presence(
-    store: Store,
-    dispatcher: Arc<Dispatcher>,
-    grace: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let node_id = dispatcher.node_id().unwrap_or_default().to_owned();
-    // Several refreshes per grace period, so one slow write does not make a runner look gone.
-    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
+/// How often presence is refreshed and orphans are swept: several times per grace period, so
+/// one slow write does not make a runner look gone.
+fn refresh_every(grace: Duration) -> Duration {
+    (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Writes this node's runners to the presence table. A loop of its own, so a slow sweep never
+/// delays the refresh (which would make this node's runners look gone to the others).
+async fn presence(dispatcher: Arc<Dispatcher>, grace: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(refresh_every(grace));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|v| *v) => return,
         }
-        let now = now_ms();
-        if let Err(e) = store
-            .set_presence(&node_id, &dispatcher.presence(), now)
-            .await
-        {
+        if let Err(e) = dispatcher.write_presence().await {
             tracing::warn!(error = %e, "cluster: writing runner presence failed");
-            continue;
         }
-        let stale_before = now - grace.as_millis() as i64;
-        match store.orphaned_in_flight(stale_before).await {
+    }
+}
+
+/// Requeues (or fails, on their last attempt) in-flight tasks whose runner no node has
+/// reported for a grace period. The read only proposes: each requeue checks the runner's
+/// absence again in its own statement (see `WriteOp::Requeue`'s `unseen`), so a runner that
+/// connects anywhere between the read and the requeue keeps its task.
+async fn sweep(
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(refresh_every(grace));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let test_delay = std::env::var(TEST_SWEEP_DELAY_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    // Presence is judged by the database's clock; a task's last update by the clock of the
+    // node that wrote it (a second condition, which under clock skew only delays a sweep).
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let updated_before = now_ms().saturating_sub(grace_ms);
+        match store.orphaned_in_flight(updated_before, grace_ms).await {
             Ok(orphans) if !orphans.is_empty() => {
                 for (task_id, runner_id, attempt) in &orphans {
                     tracing::warn!(
                         %task_id, %runner_id, attempt,
                         "cluster: requeueing a task whose runner no node has reported for a grace period"
                     );
+                }
+                if let Some(d) = test_delay {
+                    tokio::time::sleep(d).await;
                 }
                 dispatcher.requeue_orphans(orphans).await;
             }

@@ -19,7 +19,7 @@ use dap_protocol::{close_code, Assignment, DatasetInfo, Hello, ServerMessage};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::store::{now_ms, Event, Outcome, Presence, Store, Task, WriteOp};
+use crate::store::{now_ms, Event, Outcome, Presence, Store, StoreError, Task, Unseen, WriteOp};
 
 /// What the socket's send half is told to do.
 #[derive(Debug)]
@@ -230,6 +230,11 @@ pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
     /// This node's id in cluster mode (`None`: the only server on its database).
     node_id: Option<String>,
+    /// Cluster mode: held while this node writes its presence rows. A runner's registration
+    /// holds it from recording the runner's presence until the runner is in the registry, so a
+    /// periodic rewrite (which deletes rows of runners not in the registry) cannot take the
+    /// registry before and delete the row after.
+    presence_writes: tokio::sync::Mutex<()>,
 }
 
 impl Dispatcher {
@@ -250,6 +255,7 @@ impl Dispatcher {
             stopped: tokio::sync::watch::channel(false).0,
             metrics,
             node_id,
+            presence_writes: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -365,7 +371,20 @@ impl Dispatcher {
         if !tasks.is_empty() {
             tracing::warn!(%runner_id, tasks = tasks.len(), "runner did not come back within its grace period");
         }
-        self.requeue_lost(runner_id, tasks, "runner_lost").await;
+        // In a cluster the runner may connect to another node between that read and the
+        // requeue: the requeue itself checks that no other node has reported it meanwhile.
+        let unseen = self.node_id.as_ref().map(|node| Unseen {
+            for_ms: self.grace_ms(),
+            except_node: Some(node.clone()),
+        });
+        self.requeue_with(
+            runner_id,
+            tasks,
+            "runner_lost",
+            Some(self.leases.max_attempts),
+            unseen,
+        )
+        .await;
         self.pump_all().await;
     }
 
@@ -431,6 +450,7 @@ impl Dispatcher {
             reason: "timeout",
             max_attempts: Some(self.leases.max_attempts),
             fail_code: "timeout",
+            unseen: None,
         };
         match self.store.write(op).await {
             Ok(Outcome::Applied(true)) => {
@@ -651,7 +671,10 @@ impl Dispatcher {
         tx: mpsc::UnboundedSender<Outbound>,
     ) -> u64 {
         let mut from_store = Vec::new();
+        // Held until the runner is in the registry (see `presence_writes`).
+        let mut presence_order = None;
         if let Some(node) = &self.node_id {
+            presence_order = Some(self.presence_writes.lock().await);
             let here = Presence {
                 runner_id: runner_id.to_owned(),
                 node_id: node.clone(),
@@ -659,15 +682,21 @@ impl Dispatcher {
                 running: hello.running.len() as u32,
                 draining: false,
                 connected: true,
-                seen_at: now_ms(),
             };
-            if let Err(e) = self.store.upsert_presence(&here).await {
-                tracing::warn!(error = %e, %runner_id, "recording runner presence failed");
-            }
-            match self.store.runner_in_flight(runner_id).await {
-                Ok(v) => from_store = v,
+            // Presence first, committed under the writers' lock, then the read: a sweep's (or
+            // another node's grace expiry's) requeue of the runner's tasks either committed
+            // before the presence, and the read sees those tasks requeued (the runner is told
+            // to stop them), or it runs after and finds the runner present (no change). Without
+            // the presence nothing is taken over: the runner is told to stop what it lists.
+            match self.store.upsert_presence(&here).await {
+                Ok(()) => match self.store.runner_in_flight(runner_id).await {
+                    Ok(v) => from_store = v,
+                    Err(e) => {
+                        tracing::error!(error = %e, %runner_id, "reading the runner's in-flight tasks failed")
+                    }
+                },
                 Err(e) => {
-                    tracing::error!(error = %e, %runner_id, "reading the runner's in-flight tasks failed")
+                    tracing::error!(error = %e, %runner_id, "recording runner presence failed; nothing taken over")
                 }
             }
         }
@@ -738,6 +767,7 @@ impl Dispatcher {
             st.runners.insert(runner_id.to_owned(), r);
             (conn_id, orphans, state, resumed, rearm)
         };
+        drop(presence_order);
         if resumed > 0 {
             tracing::info!(%runner_id, resumed, "runner resumed its tasks");
         }
@@ -807,8 +837,14 @@ impl Dispatcher {
         tasks: Vec<(String, u32)>,
         reason: &'static str,
     ) {
-        self.requeue_with(runner_id, tasks, reason, Some(self.leases.max_attempts))
-            .await
+        self.requeue_with(
+            runner_id,
+            tasks,
+            reason,
+            Some(self.leases.max_attempts),
+            None,
+        )
+        .await
     }
 
     /// Puts tasks a runner held back in the queue (store first, then memory). Used when a task
@@ -819,7 +855,8 @@ impl Dispatcher {
         tasks: Vec<(String, u32)>,
         reason: &'static str,
     ) {
-        self.requeue_with(runner_id, tasks, reason, None).await
+        self.requeue_with(runner_id, tasks, reason, None, None)
+            .await
     }
 
     async fn requeue_with(
@@ -828,6 +865,7 @@ impl Dispatcher {
         tasks: Vec<(String, u32)>,
         reason: &'static str,
         max_attempts: Option<u32>,
+        unseen: Option<Unseen>,
     ) {
         for (task_id, attempt) in tasks {
             let op = WriteOp::Requeue {
@@ -837,6 +875,7 @@ impl Dispatcher {
                 reason,
                 max_attempts,
                 fail_code: "runner_lost",
+                unseen: unseen.clone(),
             };
             match self.store.write(op).await {
                 Ok(Outcome::Applied(true)) => {
@@ -854,8 +893,7 @@ impl Dispatcher {
     /// grace period); `None` for the only server on its database, or when no other node has it.
     pub async fn elsewhere(&self, runner_id: &str) -> Option<Presence> {
         let node = self.node_id.as_ref()?;
-        let fresh_after = now_ms() - self.leases.grace.as_millis() as i64;
-        match self.store.runner_presence(runner_id, fresh_after).await {
+        match self.store.runner_presence(runner_id, self.grace_ms()).await {
             Ok(rows) => rows.into_iter().find(|p| p.connected && p.node_id != *node),
             Err(e) => {
                 tracing::warn!(error = %e, %runner_id, "reading runner presence failed");
@@ -980,21 +1018,46 @@ impl Dispatcher {
 
     /// Cluster mode: requeues (or fails, on their last attempt) `(task, runner, attempt)`s that
     /// no node looks after any more, then fills free slots. Conditional, like every requeue:
-    /// if another node did it first, nothing happens here.
+    /// if another node did it first, nothing happens here; and conditional on the runner
+    /// being still unseen by every node when the requeue runs, so a runner that connected to
+    /// a node since the sweep read its tasks keeps them (see [`Unseen`]).
     pub async fn requeue_orphans(self: &Arc<Self>, tasks: Vec<(String, String, u32)>) {
+        let unseen = Unseen {
+            for_ms: self.grace_ms(),
+            except_node: None,
+        };
         for (task, runner, attempt) in tasks {
-            self.requeue_lost(&runner, vec![(task, attempt)], "runner_lost")
-                .await;
+            self.requeue_with(
+                &runner,
+                vec![(task, attempt)],
+                "runner_lost",
+                Some(self.leases.max_attempts),
+                Some(unseen.clone()),
+            )
+            .await;
         }
         self.pump_all().await;
     }
 
-    /// Cluster mode: the presence rows of this node's runners (connected or in their grace
-    /// period), for the shared presence table.
-    pub fn presence(&self) -> Vec<Presence> {
+    /// The grace period in milliseconds.
+    fn grace_ms(&self) -> i64 {
+        i64::try_from(self.leases.grace.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Cluster mode: rewrites this node's rows of the shared presence table from its registry
+    /// (runners connected or in their grace period here).
+    pub async fn write_presence(&self) -> Result<(), StoreError> {
+        let Some(node) = &self.node_id else {
+            return Ok(());
+        };
+        let _order = self.presence_writes.lock().await;
+        self.store.set_presence(node, &self.presence()).await
+    }
+
+    /// The presence rows of this node's runners.
+    fn presence(&self) -> Vec<Presence> {
         let node = self.node_id.clone().unwrap_or_default();
         let st = self.lock();
-        let now = now_ms();
         let live = st.runners.iter().map(|(id, r)| Presence {
             runner_id: id.clone(),
             node_id: node.clone(),
@@ -1002,7 +1065,6 @@ impl Dispatcher {
             running: r.running.len() as u32,
             draining: r.draining,
             connected: true,
-            seen_at: now,
         });
         let gone = st
             .lingering
@@ -1015,7 +1077,6 @@ impl Dispatcher {
                 running: l.running.len() as u32,
                 draining: false,
                 connected: false,
-                seen_at: now,
             });
         live.chain(gone).collect()
     }

@@ -5,11 +5,15 @@
 //!
 //! It decides nothing: which tasks to requeue or resume is the dispatcher's call, and writes
 //! to tasks still go through the writer (conditional, so nodes racing for one task are fine).
+//!
+//! Presence rows are stamped with the database's clock (`seen_at`, [`pg_now_ms`]) and judged
+//! fresh or stale against that same clock, never a node's.
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::model::Task;
-use super::sql::DbRow;
+use super::postgres::EVENT_ORDER_LOCK;
+use super::sql::{pg_now_ms, DbRow};
 use super::{task_from_row, Db, Store, StoreError, TASK_COLUMNS};
 
 /// What a node last said about a runner connected to it (or within its grace period there).
@@ -22,8 +26,6 @@ pub struct Presence {
     pub draining: bool,
     /// False while the runner is within its grace period on that node (socket gone).
     pub connected: bool,
-    /// When the node last refreshed the row (its clock, epoch ms).
-    pub seen_at: i64,
 }
 
 impl Store {
@@ -87,14 +89,11 @@ impl Store {
             .collect()
     }
 
-    /// Replaces what node `node_id` says about its runners with `rows` (all stamped `now`):
-    /// rows of runners it no longer has are deleted.
-    pub async fn set_presence(
-        &self,
-        node_id: &str,
-        rows: &[Presence],
-        now: i64,
-    ) -> Result<(), StoreError> {
+    /// Replaces what node `node_id` says about its runners with `rows` (all stamped with the
+    /// database's clock): rows of runners it no longer has are deleted. The caller must not
+    /// let an [`upsert_presence`](Self::upsert_presence) of this node run between taking
+    /// `rows` and this commit (it would delete that newer row).
+    pub async fn set_presence(&self, node_id: &str, rows: &[Presence]) -> Result<(), StoreError> {
         let pool = self.pg()?;
         let ids: Vec<&str> = rows.iter().map(|p| p.runner_id.as_str()).collect();
         let slots: Vec<i64> = rows.iter().map(|p| i64::from(p.slots)).collect();
@@ -108,21 +107,22 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if !rows.is_empty() {
-            sqlx::query(
+            sqlx::query(concat!(
                 "INSERT INTO runner_presence (runner_id, node_id, slots, running, draining, connected, seen_at) \
-                 SELECT r, $1, s, n, d, c, $7 FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], \
+                 SELECT r, $1, s, n, d, c, ",
+                pg_now_ms!(),
+                " FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], \
                  $5::boolean[], $6::boolean[]) AS u(r, s, n, d, c) \
                  ON CONFLICT (runner_id, node_id) DO UPDATE SET slots = excluded.slots, \
                  running = excluded.running, draining = excluded.draining, \
                  connected = excluded.connected, seen_at = excluded.seen_at",
-            )
+            ))
             .bind(node_id)
             .bind(&ids)
             .bind(&slots)
             .bind(&running)
             .bind(&draining)
             .bind(&connected)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
@@ -130,40 +130,53 @@ impl Store {
         Ok(())
     }
 
-    /// Records (or refreshes) one runner's presence on its node.
+    /// Records (or refreshes) one runner's presence on its node, for a runner that has just
+    /// connected there. Commits under the writers' advisory lock ([`EVENT_ORDER_LOCK`]), so it
+    /// is ordered against every clustered writer transaction, in particular a requeue that is
+    /// conditional on the runner's absence (`WriteOp::Requeue` with `unseen`): either that
+    /// requeue committed first (and a read of the runner's tasks after this returns sees it),
+    /// or it runs after this commit and finds the runner present.
     pub async fn upsert_presence(&self, p: &Presence) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.pg()?.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_ORDER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(concat!(
             "INSERT INTO runner_presence (runner_id, node_id, slots, running, draining, connected, seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (runner_id, node_id) DO UPDATE SET \
+             VALUES ($1, $2, $3, $4, $5, $6, ",
+            pg_now_ms!(),
+            ") ON CONFLICT (runner_id, node_id) DO UPDATE SET \
              slots = excluded.slots, running = excluded.running, draining = excluded.draining, \
              connected = excluded.connected, seen_at = excluded.seen_at",
-        )
+        ))
         .bind(&p.runner_id)
         .bind(&p.node_id)
         .bind(i64::from(p.slots))
         .bind(i64::from(p.running))
         .bind(p.draining)
         .bind(p.connected)
-        .bind(p.seen_at)
-        .execute(self.pg()?)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Presence rows of `runner_id` seen since `fresh_after`, connected ones first, newest
-    /// first.
+    /// Presence rows of `runner_id` refreshed within the last `within_ms` (database clock),
+    /// connected ones first, newest first.
     pub async fn runner_presence(
         &self,
         runner_id: &str,
-        fresh_after: i64,
+        within_ms: i64,
     ) -> Result<Vec<Presence>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT runner_id, node_id, slots, running, draining, connected, seen_at \
-             FROM runner_presence WHERE runner_id = $1 AND seen_at > $2 \
-             ORDER BY connected DESC, seen_at DESC",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT runner_id, node_id, slots, running, draining, connected \
+             FROM runner_presence WHERE runner_id = $1 AND seen_at > ",
+            pg_now_ms!(),
+            " - $2 ORDER BY connected DESC, seen_at DESC",
+        ))
         .bind(runner_id)
-        .bind(fresh_after)
+        .bind(within_ms)
         .fetch_all(self.pg()?)
         .await?;
         rows.iter()
@@ -175,26 +188,31 @@ impl Store {
                     running: r.int(3)? as u32,
                     draining: sqlx::Row::try_get(r, 4)?,
                     connected: sqlx::Row::try_get(r, 5)?,
-                    seen_at: r.int(6)?,
                 })
             })
             .collect()
     }
 
     /// In-flight attempts nobody looks after: `(task, runner, attempt)` of `assigned`/`running`
-    /// tasks last updated before `stale_before` whose runner no node has reported since then
-    /// (its node died, or it did and the runner never came back).
+    /// tasks last updated before `updated_before` (the writing node's clock, epoch ms) whose
+    /// runner no node has reported within the last `unseen_for_ms` (the database's clock): its
+    /// node died, or it did and the runner never came back. A read only: the requeue checks
+    /// the runner's absence again in its own statement.
     pub async fn orphaned_in_flight(
         &self,
-        stale_before: i64,
+        updated_before: i64,
+        unseen_for_ms: i64,
     ) -> Result<Vec<(String, String, u32)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT t.id, t.runner_id, t.attempt FROM tasks t \
              WHERE t.status IN ('assigned', 'running') AND t.runner_id IS NOT NULL \
              AND t.updated_at < $1 AND NOT EXISTS (SELECT 1 FROM runner_presence p \
-             WHERE p.runner_id = t.runner_id AND p.seen_at >= $1) ORDER BY t.id LIMIT 1000",
-        )
-        .bind(stale_before)
+             WHERE p.runner_id = t.runner_id AND p.seen_at >= ",
+            pg_now_ms!(),
+            " - $2) ORDER BY t.id LIMIT 1000",
+        ))
+        .bind(updated_before)
+        .bind(unseen_for_ms)
         .fetch_all(self.pg()?)
         .await?;
         rows.iter()

@@ -43,7 +43,7 @@ pub use cluster::Presence;
 pub use model::*;
 pub use postgres::EVENTS_CHANNEL;
 use sql::DbRow;
-pub use writer::{CancelOutcome, Outcome, WriteOp, Writer};
+pub use writer::{CancelOutcome, Outcome, Unseen, WriteOp, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -29,7 +29,9 @@ use crate::events::EventBus;
 /// The advisory lock every clustered writer transaction holds from its start to its commit
 /// (`pg_advisory_xact_lock`): the writers of all servers on the database commit one at a time,
 /// so event ids (taken at insert) increase in commit order. Taken first, before any row lock,
-/// so two writers can never deadlock on it. ("dap_evts" in ASCII.)
+/// so two writers can never deadlock on it. ("dap_evts" in ASCII.) A node's presence upsert
+/// for a runner that just connected takes it too (`store/cluster.rs`), which orders that
+/// upsert against a requeue conditional on the runner's absence.
 pub const EVENT_ORDER_LOCK: i64 = 0x6461_705f_6576_7473;
 
 /// The NOTIFY channel a clustered writer announces committed events on; the payload is the id

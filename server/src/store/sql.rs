@@ -48,6 +48,17 @@ pub(crate) fn numbered(sql: &str) -> String {
     out
 }
 
+/// PostgreSQL only: the database server's clock, in epoch milliseconds (`clock_timestamp()`,
+/// the time the expression is evaluated, not the transaction's start). What the cluster's
+/// presence rows are stamped and judged with, so staleness is one clock's verdict, not a
+/// comparison between the clocks of several nodes.
+macro_rules! pg_now_ms {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+pub(crate) use pg_now_ms;
+
 /// A value bound to a writer statement, the same for both drivers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {

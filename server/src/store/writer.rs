@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::model::{now_ms, Event, NewTask, TaskStatus};
-use super::sql::{Arg, DbRow};
+use super::sql::{pg_now_ms, Arg, DbRow};
 use super::Outbox;
 use super::StoreError;
 use crate::events::EventBus;
@@ -66,7 +66,8 @@ pub enum WriteOp {
     },
     /// Puts an attempt back in the queue. With `max_attempts` (the server default; the task's
     /// own `max_attempts` wins when set), an attempt that was the last one allowed fails the
-    /// task with error code `fail_code` instead.
+    /// task with error code `fail_code` instead. With `unseen` (cluster mode only: PostgreSQL)
+    /// either happens only if the runner is still absent when the statement runs.
     Requeue {
         task_id: String,
         runner_id: String,
@@ -74,6 +75,7 @@ pub enum WriteOp {
         reason: &'static str,
         max_attempts: Option<u32>,
         fail_code: &'static str,
+        unseen: Option<Unseen>,
     },
     RunnerState {
         runner_id: String,
@@ -81,6 +83,20 @@ pub enum WriteOp {
         data: Value,
         hello: Option<String>,
     },
+}
+
+/// Cluster mode: the absence a [`WriteOp::Requeue`] is conditional on, checked in the requeue's
+/// own UPDATE: no row in `runner_presence` for the task's runner refreshed within the last
+/// `for_ms` milliseconds by the database's clock, not counting the rows of `except_node`.
+/// A node that takes a runner over records its presence under the writers' advisory lock before
+/// reading what the runner holds, so a requeue either commits before that (and the node sees
+/// the task requeued) or finds the runner present and changes nothing.
+#[derive(Debug, Clone)]
+pub struct Unseen {
+    pub for_ms: i64,
+    /// The node asking, when its own row does not count (its grace period for the runner);
+    /// `None`: every node's row counts (the sweeper).
+    pub except_node: Option<String>,
 }
 
 /// What an applied [`WriteOp`] reports.
@@ -415,6 +431,41 @@ async fn create_task(
     Ok(())
 }
 
+/// Fails an attempt that was the task's last (`WriteOp::Requeue`); ?1..?6.
+macro_rules! lose_sql {
+    () => {
+        "UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
+         finished_at = ?2, updated_at = ?2 \
+         WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running')"
+    };
+}
+
+/// Puts an attempt back in the queue (`WriteOp::Requeue`); ?1..?4.
+macro_rules! requeue_sql {
+    () => {
+        "UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
+         message = NULL, updated_at = ?1 \
+         WHERE id = ?2 AND runner_id = ?3 AND attempt = ?4 AND status IN ('assigned', 'running')"
+    };
+}
+
+/// The [`Unseen`] condition appended to an UPDATE of `tasks`, with its two values at
+/// placeholders `?$ms` and `?$node`. PostgreSQL only (the table and the clock).
+macro_rules! unseen_sql {
+    ($ms:literal, $node:literal) => {
+        concat!(
+            " AND NOT EXISTS (SELECT 1 FROM runner_presence p WHERE p.runner_id = tasks.runner_id \
+             AND p.seen_at >= ",
+            pg_now_ms!(),
+            " - ?",
+            $ms,
+            " AND p.node_id IS DISTINCT FROM ?",
+            $node,
+            ")"
+        )
+    };
+}
+
 async fn apply(
     tx: &mut impl WriteTx,
     op: &WriteOp,
@@ -624,6 +675,7 @@ task_id,
             reason,
             max_attempts,
             fail_code,
+            unseen,
         } => {
             let max_attempts = match max_attempts {
                 Some(default) => {
@@ -644,23 +696,26 @@ task_id,
                 } else {
                     format!("runner lost the task on attempt {attempt} of {attempt} ({reason})")
                 };
-                let row = tx.update_task(
-"UPDATE tasks SET status = 'failed', error_code = ?6, error_message = ?1, \
-                         finished_at = ?2, updated_at = ?2 \
-                         WHERE id = ?3 AND runner_id = ?4 AND attempt = ?5 AND status IN ('assigned', 'running')",
-"operation_code, progress",
-task_id,
-&[
-                            message.as_str().into(),
-                            now.into(),
-                            task_id.into(),
-                            runner_id.into(),
-                            (*attempt).into(),
-                            (*fail_code).into(),
-                        ],
-|r| Ok((r.int(0)?, r.int(1)?)),
-)
-.await?;
+                let mut args: Vec<Arg<'_>> = vec![
+                    message.as_str().into(),
+                    now.into(),
+                    task_id.into(),
+                    runner_id.into(),
+                    (*attempt).into(),
+                    (*fail_code).into(),
+                ];
+                let sql = match unseen {
+                    Some(u) => {
+                        args.extend([Arg::from(u.for_ms), Arg::from(u.except_node.as_deref())]);
+                        concat!(lose_sql!(), unseen_sql!(7, 8))
+                    }
+                    None => lose_sql!(),
+                };
+                let row = tx
+                    .update_task(sql, "operation_code, progress", task_id, &args, |r| {
+                        Ok((r.int(0)?, r.int(1)?))
+                    })
+                    .await?;
                 let Some((code, progress)) = row else {
                     return Ok(Outcome::Applied(false));
                 };
@@ -672,21 +727,22 @@ task_id,
                 append_event(events, "task.failed", Some(task_id), Some(runner_id), data);
                 return Ok(Outcome::Lost);
             }
-            let code = tx.update_task(
-"UPDATE tasks SET status = 'queued', runner_id = NULL, progress = 0, stage = NULL, \
-                     message = NULL, updated_at = ?1 \
-                     WHERE id = ?2 AND runner_id = ?3 AND attempt = ?4 AND status IN ('assigned', 'running')",
-"operation_code",
-task_id,
-&[
-                        now.into(),
-                        task_id.into(),
-                        runner_id.into(),
-                        (*attempt).into(),
-                    ],
-|r| r.int(0),
-)
-.await?;
+            let mut args: Vec<Arg<'_>> = vec![
+                now.into(),
+                task_id.into(),
+                runner_id.into(),
+                (*attempt).into(),
+            ];
+            let sql = match unseen {
+                Some(u) => {
+                    args.extend([Arg::from(u.for_ms), Arg::from(u.except_node.as_deref())]);
+                    concat!(requeue_sql!(), unseen_sql!(5, 6))
+                }
+                None => requeue_sql!(),
+            };
+            let code = tx
+                .update_task(sql, "operation_code", task_id, &args, |r| r.int(0))
+                .await?;
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };

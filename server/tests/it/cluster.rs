@@ -702,6 +702,101 @@ async fn killing_a_node_loses_no_acknowledged_task() {
     assert!(ran.contains_key(&y.task_id) && ran.contains_key(&x2.task_id));
 }
 
+/// The sweeper race. A runner holds a task on node A; A is killed and the runner stays away
+/// for longer than a grace period, so a sweeper (on B or C) reads the task as orphaned. Before
+/// that sweeper's requeue commits, the runner reconnects to B listing the task, and B resumes
+/// it on the same attempt. The requeue must then change nothing: the task completes once, on
+/// its first attempt, and is never requeued. Every sweeper waits 3 s between its read and its
+/// requeue (`DAP_TEST_SWEEP_DELAY_MS`, test-only), so the reconnect lands in that window every
+/// time.
+#[tokio::test]
+async fn a_sweep_racing_a_runner_that_resumes_on_another_node_changes_nothing() {
+    let Some(c) = Cluster::new("cluster-sweep-race").await else {
+        return;
+    };
+    let delay = Duration::from_millis(3000);
+    let env = [
+        ("DAP_RUNNER_GRACE_MS", "1000"),
+        ("DAP_TEST_SWEEP_DELAY_MS", "3000"),
+    ];
+    let mut a = c.node(1, &env);
+    let b = c.node(2, &env);
+    let c3 = c.node(3, &env);
+    let cred = c.enrol(&a, "late").await;
+    let mut r = ProtoRunner::connect(a.addr, &cred, 1, &[]).await;
+    let id = c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let x = r.next_assignment(10).await;
+    assert_eq!((x.task_id.as_str(), x.attempt), (id.as_str(), 1));
+
+    a.kill_9();
+    drop(r);
+    // Stay away until a sweeper has read the task as orphaned (it logs that, then waits).
+    let swept = |n: &Node| {
+        std::fs::read_to_string(&n.log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("no node has reported") && l.contains(&id))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !swept(&b) && !swept(&c3) {
+        assert!(
+            Instant::now() < deadline,
+            "no sweeper found the orphaned task"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let read_at = Instant::now();
+    let mut r = ProtoRunner::connect_with(
+        b.addr,
+        &cred,
+        1,
+        &[],
+        vec![RunningTask {
+            task_id: x.task_id.clone(),
+            attempt: x.attempt,
+        }],
+    )
+    .await;
+    assert!(
+        read_at.elapsed() < delay / 2,
+        "the reconnect took {:?}: outside the sweep's window",
+        read_at.elapsed()
+    );
+    // Hold the task until every sweeper that read it has tried its requeue (at most one sweep
+    // interval after the first read, plus the delay), then finish it.
+    while read_at.elapsed() < delay + Duration::from_millis(1500) {
+        if let Some(m) = r.next(1).await {
+            assert!(
+                !matches!(m, ServerMessage::Cancel { .. } | ServerMessage::Assign(_)),
+                "the resumed runner was told {m:?}"
+            );
+        }
+    }
+    r.complete(&x, json!({ "once": true })).await;
+    r.wait_ack(&x.task_id, x.attempt, 10).await;
+
+    let (_, h) = c
+        .call(&b, "GET", &format!("/api/v1/tasks/{id}/events"), None)
+        .await;
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert!(!kinds.contains(&"task.requeued"), "requeued: {h:#}");
+    let t = c.task(&b, &id).await;
+    assert_eq!(t["status"], "completed", "{t}\nevents: {kinds:?}");
+    assert_eq!(t["attempt"], 1, "{t}");
+    let (_, res) = c
+        .call(&b, "GET", &format!("/api/v1/tasks/{id}/result"), None)
+        .await;
+    assert_eq!(res["result_data"], json!({ "once": true }), "{res}");
+}
+
 /// A task cancelled through node A while it runs on a runner connected to node B: B's runner
 /// is told to stop (B learns of the cancel from the shared log).
 #[tokio::test]

@@ -141,6 +141,7 @@ async fn requeue(store: &Store, task: &str, runner: &str, attempt: u32, max: u32
             reason: "runner_lost",
             max_attempts: Some(max),
             fail_code: "runner_lost",
+            unseen: None,
         })
         .await
         .unwrap()
@@ -498,6 +499,7 @@ async fn requeue_fences_the_old_attempt_and_the_last_attempt_fails(backend: Back
             reason: "timeout",
             max_attempts: Some(5),
             fail_code: "timeout",
+            unseen: None,
         })
         .await
         .unwrap();
