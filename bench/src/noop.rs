@@ -32,6 +32,9 @@ use crate::NoopArgs;
 
 struct Bench {
     state: AppState,
+    /// The server's own runtime (threads `dap-srv`), so that its CPU can be told apart from
+    /// the client's and the runners' (this process's main runtime).
+    _server_rt: ServerRuntime,
     base: String,
     key: String,
     http: reqwest::Client,
@@ -50,6 +53,17 @@ impl Drop for TempDir {
     }
 }
 
+/// A runtime shut down in the background when dropped (dropping it inside the main runtime
+/// would panic).
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 async fn start_server(database: Option<&str>) -> Bench {
     let dir = std::env::temp_dir().join(format!("dap-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -60,20 +74,34 @@ async fn start_server(database: Option<&str>) -> Bench {
     }
     // Each bench runner completes thousands of no-ops a second: no per-connection rate limit.
     config.limits.runner_rate_per_s = 0;
-    let state = build_state(&config).await.expect("server state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // Two worker threads, as the server would have on this 2-core machine.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dap-srv")
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let (state, addr) = rt
+        .spawn(async move {
+            let state = build_state(&config).await.expect("server state");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let st = state.clone();
+            tokio::spawn(async move {
+                serve(dap_server::no_delay(listener), st, std::future::pending()).await
+            });
+            (state, addr)
+        })
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let st = state.clone();
-    tokio::spawn(
-        async move { serve(dap_server::no_delay(listener), st, std::future::pending()).await },
-    );
+        .expect("server start");
     let (_, key) = auth::api_keys::create_api_key(&state.store, "bench", Scope::Admin)
         .await
         .expect("key");
     Bench {
         state,
+        _server_rt: ServerRuntime(Some(rt)),
         base: format!("http://{addr}"),
         key,
         http: reqwest::Client::builder()
@@ -346,13 +374,18 @@ async fn throughput(
         done as f64 / elapsed
     );
     // CPU per task, from the kernel's per-thread accounting: less sensitive than tasks/s to
-    // what else the machine runs. `process` is everything in this process (client, server,
-    // runners); `writer` is the store's writer thread alone (the serial part).
+    // what else the machine runs. `cpu` is everything in this process (client, server,
+    // runners); `server_cpu` the server's threads alone (what one DAP server costs per task,
+    // without this load generator); `writer` the store's writer thread (the serial part).
     if let (Some(a), Some(z)) = (cpu_before, cpu_after) {
         let per = |x: f64| x * 1e6 / done.max(1) as f64;
         println!(
             "cpu_per_task_{backend}_{runners}_runners: {:.0} us",
             per(z.total - a.total)
+        );
+        println!(
+            "server_cpu_per_task_{backend}_{runners}_runners: {:.0} us",
+            per(z.server - a.server)
         );
         if z.writer > 0.0 {
             println!(
@@ -384,10 +417,12 @@ pub async fn run(args: &NoopArgs) {
     }
 }
 
-/// CPU seconds this process has used: in all, and on the store's writer thread.
+/// CPU seconds this process has used: in all, on the server's threads (its runtime, the
+/// store's writer, checkpointer and sqlx threads), and on the store's writer thread.
 #[derive(Clone, Copy)]
 struct Cpu {
     total: f64,
+    server: f64,
     writer: f64,
 }
 
@@ -398,6 +433,7 @@ fn thread_cpu() -> Option<Cpu> {
     const TICK: f64 = 0.01;
     let mut cpu = Cpu {
         total: 0.0,
+        server: 0.0,
         writer: 0.0,
     };
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
@@ -409,7 +445,14 @@ fn thread_cpu() -> Option<Cpu> {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
         cpu.total += ticks * TICK;
-        if head.contains("dap-store-write") {
+        let name = head.rsplit_once('(').map_or("", |(_, n)| n);
+        if ["dap-srv", "dap-store-", "sqlx-sqlite-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            cpu.server += ticks * TICK;
+        }
+        if name.starts_with("dap-store-write") {
             cpu.writer += ticks * TICK;
         }
     }
