@@ -129,29 +129,26 @@ impl Bench {
         v["token"].as_str().expect("token").to_owned()
     }
 
-    async fn create(&self, body: &Value) -> Value {
+    /// POSTs `body` to `path` (a create), expecting 201; the answer.
+    async fn post_created(&self, path: &str, body: &Value) -> Value {
         let r = self
             .http
-            .post(format!("{}/api/v1/tasks", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&self.key)
             .json(body)
             .send()
             .await
             .expect("create");
-        assert_eq!(r.status(), 201, "create refused");
+        assert_eq!(r.status(), 201, "create refused ({path})");
         r.json().await.expect("create json")
     }
 
+    async fn create(&self, body: &Value) -> Value {
+        self.post_created("/api/v1/tasks", body).await
+    }
+
     async fn create_batch(&self, body: &Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/tasks/batch", self.base))
-            .bearer_auth(&self.key)
-            .json(body)
-            .send()
-            .await
-            .expect("create batch");
-        assert_eq!(r.status(), 201, "batch create refused");
+        self.post_created("/api/v1/tasks/batch", body).await;
     }
 
     async fn completed(&self) -> u64 {
