@@ -793,6 +793,7 @@ async fn retry(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = std::time::Instant::now();
     caller.require(Scope::Write)?;
     let old = load(&s, &id).await?;
     if !matches!(old.status, TaskStatus::Failed | TaskStatus::Cancelled) {
@@ -852,7 +853,7 @@ async fn retry(
         queued,
         new,
         assign_to,
-        started: std::time::Instant::now(),
+        started,
     };
     if let Err(e) = s.store.write(WriteOp::CreateTask(p.new.clone())).await {
         unreserve(&s, &p).await;
