@@ -540,8 +540,28 @@ async fn a_task_for_a_runner_on_another_node_is_pushed_there_or_refused_when_bus
         "{v}"
     );
     // Busy once B has reported it: presence is refreshed every 500 ms here (best-effort: a
-    // create in between is accepted and waits for the slot like a queued task).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // create in between is accepted and waits for the slot like a queued task). Wait for that
+    // report in the table rather than for a fixed time, which a loaded machine can outlast.
+    let pool = sqlx::PgPool::connect(&c.db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: Option<i64> = sqlx::query_scalar(
+            "SELECT running FROM runner_presence WHERE runner_id = $1 AND connected",
+        )
+        .bind(&rid)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if running == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never reported the runner busy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
     let (st, v) = c
         .call(
             &a,
