@@ -375,7 +375,28 @@ async fn every_nodes_events_reach_every_nodes_feed_in_log_order() {
         })
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Create only once A counts the subscriber (a fixed pause could be outlasted under load,
+    // and the event would then come before the feed was open).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = c
+            .http
+            .get(format!("{}/metrics", a.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("dap_sse_subscribers 1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the feed never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.create(&b, json!({ "operation_code": 1 })).await;
     let got = runner.next_assignment(10).await;
     let t0 = Instant::now();

@@ -328,6 +328,25 @@ impl TestServer {
         )
     }
 
+    /// Waits (up to 10 s) until the server counts `n` SSE subscribers (its `/metrics` gauge):
+    /// then a stream opened before is subscribed and sees every event from here on.
+    pub async fn wait_sse_subscribers(&self, n: usize) {
+        let want = format!("dap_sse_subscribers {n}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+            let text = r.text().await.unwrap();
+            if text.lines().any(|l| l == want) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {n} SSE subscribers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn create_task(&self, body: Value) -> (u16, Value) {
         self.post("/api/v1/tasks", &self.write_key, body).await
     }

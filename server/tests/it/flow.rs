@@ -128,8 +128,8 @@ async fn live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates(back
     let url = srv.url(&format!("/api/v1/events?ticket={ticket}"));
 
     let driver = async {
-        // Give the stream a moment to subscribe, then produce 5 no-op tasks.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once the stream is subscribed, produce 5 no-op tasks.
+        srv.wait_sse_subscribers(1).await;
         for _ in 0..5 {
             let (st, _) = srv.create_task(json!({ "operation_code": 1 })).await;
             assert_eq!(st, 201);
