@@ -83,6 +83,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// Server shutting down; reconnect later (possibly to another node).
     pub const GOING_AWAY: u16 = 1001;
+    /// This cluster node lost its database; reconnect (to another node). 1012 is the
+    /// registered "Service Restart" code.
+    pub const UNAVAILABLE: u16 = 1012;
     /// The runner's credential was revoked; do not reconnect with it.
     pub const REVOKED: u16 = 4001;
     /// The runner's protocol version is not supported.

@@ -193,16 +193,47 @@ fn refresh_every(grace: Duration) -> Duration {
 
 /// Writes this node's runners to the presence table. A loop of its own, so a slow sweep never
 /// delays the refresh (which would make this node's runners look gone to the others).
+///
+/// A node that cannot write its presence for half a grace period fences itself off
+/// ([`Dispatcher::fence`]): the other nodes will count its runners as gone after a grace period
+/// and requeue their tasks, so its runners are told to reconnect elsewhere first (where they
+/// resume those tasks) instead of running them on, fenced, into refused results.
 async fn presence(dispatcher: Arc<Dispatcher>, grace: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(refresh_every(grace));
+    let every = refresh_every(grace);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|v| *v) => return,
         }
-        if let Err(e) = dispatcher.write_presence().await {
-            tracing::warn!(error = %e, "cluster: writing runner presence failed");
+        // A database that does not answer counts as a failure once a refresh period is up
+        // (the pool's own acquire timeout is far longer than a grace period).
+        let failure = match tokio::time::timeout(every, dispatcher.write_presence()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {every:?}")),
+        };
+        match failure {
+            None => {
+                written = tokio::time::Instant::now();
+                if dispatcher.is_fenced() {
+                    dispatcher.unfence();
+                    tracing::info!("cluster: presence written again; accepting runners");
+                }
+            }
+            Some(e) => {
+                tracing::warn!(error = %e, "cluster: writing runner presence failed");
+                if !dispatcher.is_fenced() && written.elapsed() >= grace / 2 {
+                    let told = dispatcher.fence();
+                    tracing::error!(
+                        runners = told,
+                        "cluster: no presence written for half a grace period; told this \
+                         node's runners to reconnect elsewhere and refusing new ones"
+                    );
+                }
+            }
         }
     }
 }

@@ -235,6 +235,10 @@ pub struct Dispatcher {
     /// periodic rewrite (which deletes rows of runners not in the registry) cannot take the
     /// registry before and delete the row after.
     presence_writes: tokio::sync::Mutex<()>,
+    /// Cluster mode: this node has not been able to write its presence for half a grace period
+    /// (it lost the database). Its runners were told to go elsewhere and new ones are refused
+    /// until a presence write succeeds again.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Dispatcher {
@@ -256,6 +260,7 @@ impl Dispatcher {
             metrics,
             node_id,
             presence_writes: tokio::sync::Mutex::new(()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(emit_state_changes(store, rx));
         d
@@ -646,6 +651,38 @@ impl Dispatcher {
     }
 
     /// Closes a runner's live socket (revocation). True if it was connected.
+    /// Cluster mode: whether this node is fenced off (see [`Self::fence`]).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Cluster mode: this node lost the database (its presence has not been written for half a
+    /// grace period, so other nodes will soon count its runners as gone and requeue their
+    /// tasks). Tells every connected runner to reconnect — to another node, behind a load
+    /// balancer — with [`close_code::UNAVAILABLE`], and refuses new runner connections until
+    /// [`Self::unfence`]. Returns how many runners were told.
+    pub fn fence(&self) -> usize {
+        self.fenced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let st = self.lock();
+        st.runners
+            .values()
+            .filter(|r| {
+                r.tx.send(Outbound::Close(
+                    close_code::UNAVAILABLE,
+                    "this node lost its database; reconnect (to another node)".to_owned(),
+                ))
+                .is_ok()
+            })
+            .count()
+    }
+
+    /// Cluster mode: presence writes succeed again; runners may connect here again.
+    pub fn unfence(&self) {
+        self.fenced
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn close_runner(&self, runner_id: &str, code: u16, reason: &str) -> bool {
         match self.lock().runners.get(runner_id) {
             Some(r) => r.tx.send(Outbound::Close(code, reason.to_owned())).is_ok(),

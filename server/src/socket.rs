@@ -67,6 +67,14 @@ impl FromRequestParts<AppState> for RunnerAuth {
                 "runner endpoints do not accept browser requests (Origin header present)".into(),
             ));
         }
+        // A fenced cluster node cannot keep a runner's tasks (and cannot read its credential):
+        // the runner is sent to another node before anything else is looked at.
+        if s.dispatcher.is_fenced() {
+            return Err(ApiError::Unavailable {
+                code: "node_unavailable",
+                message: "this cluster node has lost its database; connect to another node".into(),
+            });
+        }
         let token = bearer(parts).ok_or(AuthError::Missing)?;
         let claims = s.jwt.verify(token, TokenKind::Runner)?;
         match s.store.get_runner(&claims.sub).await? {
@@ -102,8 +110,9 @@ fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/runners/connect", tag = "runners", security(("runner_jwt" = [])),
-    description = "The runner WebSocket (HTTP/1.1 upgrade). Messages are the JSON of `dap-protocol`; close codes 4001 revoked, 4002 protocol, 4004 replaced.",
+    description = "The runner WebSocket (HTTP/1.1 upgrade). Messages are the JSON of `dap-protocol`; close codes 1001 server stopping, 1012 cluster node lost its database (reconnect elsewhere), 4001 revoked, 4002 protocol, 4004 replaced.",
     responses((status = 101, description = "Switching protocols"), (status = 401, body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`node_unavailable`: a cluster node that lost its database", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "Browser request (Origin header)", body = crate::http::openapi::ErrorBody)))]
 pub async fn connect(
     State(s): State<AppState>,

@@ -46,6 +46,10 @@ pub enum ApiError {
     /// 415
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 503: this server cannot serve the request now (e.g. a cluster node without its
+    /// database); another node, or a retry later, can.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     /// 422: well-formed but invalid (unknown operation, bad params).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
@@ -153,6 +157,9 @@ impl IntoResponse for ApiError {
             ),
             Self::Unprocessable { code, message } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, code, message, None)
+            }
+            Self::Unavailable { code, message } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code, message, None)
             }
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");

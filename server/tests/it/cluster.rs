@@ -1328,3 +1328,120 @@ async fn killing_one_of_three_nodes_under_load_loses_no_acknowledged_task() {
         "the dead node's runners reconnected elsewhere"
     );
 }
+
+/// A node that loses the database (its PostgreSQL role is locked out and its sessions ended)
+/// fences itself within half a grace period: its runner is told 1012 and new runner
+/// connections get 503 `node_unavailable`, so the runner moves to the other node before that
+/// node's sweeper would count it gone, resumes its task there (same attempt, no requeue), and
+/// the task completes once. Without fencing the runner would stay on the cut-off node and its
+/// task would be requeued under it.
+#[tokio::test]
+async fn a_node_that_loses_the_database_sends_its_runners_elsewhere() {
+    use futures_util::StreamExt;
+    let Some(c) = Cluster::new("cluster-fence").await else {
+        return;
+    };
+    // Node B logs in as a role of its own, so that only B can be cut off.
+    let role = format!("dap_node_b_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&c.db.url).await.unwrap();
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let b_url =
+        c.db.url
+            .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert_ne!(b_url, c.db.url, "the test URL names the postgres user");
+    let env = [("DAP_RUNNER_GRACE_MS", "2000")];
+    let a = c.node(1, &env);
+    let b = Node::start(2, &c.dir, &b_url, &env);
+    let cred = c.enrol(&a, "moves").await;
+    let mut runner = ProtoRunner::connect(b.addr, &cred, 1, &[]).await;
+    let id = c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = runner.next_assignment(10).await;
+    assert_eq!(got.task_id, id);
+    runner.progress(&got, 30, "working").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.task(&a, &id).await["progress"] != 30 {
+        assert!(Instant::now() < deadline, "progress not committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let jwt = runner_jwt(&a.base(), &cred).await.unwrap();
+
+    // Cut B off: no new sessions for its role, and its open ones ended.
+    sqlx::query(&format!("ALTER ROLE {role} NOLOGIN"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&role)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let cut = Instant::now();
+    let code = loop {
+        let left = Duration::from_secs(10).saturating_sub(cut.elapsed());
+        match tokio::time::timeout(left, runner.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                break u16::from(f.code)
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("B did not send its runner away: {other:?}"),
+        }
+    };
+    let told = cut.elapsed();
+    assert_eq!(code, dap_protocol::close_code::UNAVAILABLE);
+    assert!(
+        told < Duration::from_secs(2),
+        "told after {told:?}, a grace period"
+    );
+    drop(runner);
+    match ws_connect(b.addr, Some(&jwt)).await {
+        Err(503) => {}
+        Err(other) => panic!("B answered a runner with {other}, not 503"),
+        Ok(_) => panic!("B accepted a runner while cut off"),
+    }
+
+    // The runner goes to A, listing its task: resumed there on the same attempt.
+    let mut runner = ProtoRunner::connect_with(
+        a.addr,
+        &cred,
+        1,
+        &[],
+        vec![RunningTask {
+            task_id: id.clone(),
+            attempt: got.attempt,
+        }],
+    )
+    .await;
+    let moved = cut.elapsed();
+    // Past the grace period, when a sweeper would have requeued it: still ours, untouched.
+    let quiet = runner.next(3).await;
+    assert!(quiet.is_none(), "told {quiet:?} after resuming on A");
+    runner.complete(&got, json!({ "moved": true })).await;
+    runner.wait_ack(&id, got.attempt, 10).await;
+    let t = c.task(&a, &id).await;
+    assert_eq!(
+        (t["status"].as_str(), t["attempt"].as_u64()),
+        (Some("completed"), Some(1))
+    );
+    let (st, history) = c
+        .call(&a, "GET", &format!("/api/v1/tasks/{id}/events"), None)
+        .await;
+    assert_eq!(st, 200);
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"task.requeued"), "{kinds:?}");
+    eprintln!("cluster: B told its runner 1012 {told:?} after losing the database; the runner resumed on A {moved:?} after");
+    drop(b);
+    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&admin)
+        .await;
+}
