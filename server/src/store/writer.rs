@@ -431,6 +431,23 @@ async fn create_task(
     Ok(())
 }
 
+/// The statement of a requeue: `plain`, or with `unseen` its `guarded` form (`plain` plus
+/// [`unseen_sql!`]), whose two extra parameters this appends to `args`.
+fn guarded<'a>(
+    args: &mut Vec<Arg<'a>>,
+    unseen: &'a Option<Unseen>,
+    plain: &'static str,
+    guarded: &'static str,
+) -> &'static str {
+    match unseen {
+        Some(u) => {
+            args.extend([Arg::from(u.for_ms), Arg::from(u.except_node.as_deref())]);
+            guarded
+        }
+        None => plain,
+    }
+}
+
 /// Fails an attempt that was the task's last (`WriteOp::Requeue`); ?1..?6.
 macro_rules! lose_sql {
     () => {
@@ -704,13 +721,12 @@ task_id,
                     (*attempt).into(),
                     (*fail_code).into(),
                 ];
-                let sql = match unseen {
-                    Some(u) => {
-                        args.extend([Arg::from(u.for_ms), Arg::from(u.except_node.as_deref())]);
-                        concat!(lose_sql!(), unseen_sql!(7, 8))
-                    }
-                    None => lose_sql!(),
-                };
+                let sql = guarded(
+                    &mut args,
+                    unseen,
+                    lose_sql!(),
+                    concat!(lose_sql!(), unseen_sql!(7, 8)),
+                );
                 let row = tx
                     .update_task(sql, "operation_code, progress", task_id, &args, |r| {
                         Ok((r.int(0)?, r.int(1)?))
@@ -733,13 +749,12 @@ task_id,
                 runner_id.into(),
                 (*attempt).into(),
             ];
-            let sql = match unseen {
-                Some(u) => {
-                    args.extend([Arg::from(u.for_ms), Arg::from(u.except_node.as_deref())]);
-                    concat!(requeue_sql!(), unseen_sql!(5, 6))
-                }
-                None => requeue_sql!(),
-            };
+            let sql = guarded(
+                &mut args,
+                unseen,
+                requeue_sql!(),
+                concat!(requeue_sql!(), unseen_sql!(5, 6)),
+            );
             let code = tx
                 .update_task(sql, "operation_code", task_id, &args, |r| r.int(0))
                 .await?;

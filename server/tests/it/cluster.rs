@@ -179,6 +179,12 @@ impl Cluster {
         v
     }
 
+    /// Creates a task through `node`; its id.
+    async fn create_id(&self, node: &Node, body: Value) -> String {
+        let v = self.create(node, body).await;
+        v["task_id"].as_str().unwrap().to_owned()
+    }
+
     async fn task(&self, node: &Node, id: &str) -> Value {
         let (st, v) = self
             .call(node, "GET", &format!("/api/v1/tasks/{id}"), None)
@@ -375,28 +381,8 @@ async fn every_nodes_events_reach_every_nodes_feed_in_log_order() {
         })
         .await
     });
-    // Create only once A counts the subscriber (a fixed pause could be outlasted under load,
-    // and the event would then come before the feed was open).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = c
-            .http
-            .get(format!("{}/metrics", a.base()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("dap_sse_subscribers 1"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the feed never opened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Create only once A counts the subscriber.
+    wait_sse_subscribers(&c.http, &a.base(), 1).await;
     c.create(&b, json!({ "operation_code": 1 })).await;
     let got = runner.next_assignment(10).await;
     let t0 = Instant::now();
@@ -629,33 +615,18 @@ async fn killing_a_node_loses_no_acknowledged_task() {
     let mut r1 = ProtoRunner::connect(a.addr, &cred1, 2, &[]).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        ids.push(
-            c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(c.create_id(&a, json!({ "operation_code": 1 })).await);
     }
     let x1 = r1.next_assignment(10).await;
     let x2 = r1.next_assignment(10).await;
     r1.progress(&x1, 40, "working").await;
     let mut r2 = ProtoRunner::connect(a.addr, &cred2, 1, &[]).await;
-    ids.push(
-        c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    );
+    ids.push(c.create_id(&a, json!({ "operation_code": 1 })).await);
     let y = r2.next_assignment(10).await;
     // More than A's runners can take: queued when A dies.
     for i in 0..6 {
         let node = if i % 2 == 0 { &a } else { &b };
-        ids.push(
-            c.create(node, json!({ "operation_code": 1 })).await["task_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(c.create_id(node, json!({ "operation_code": 1 })).await);
     }
     // Let the progress commit before the kill.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -765,10 +736,7 @@ async fn a_sweep_racing_a_runner_that_resumes_on_another_node_changes_nothing() 
     let c3 = c.node(3, &env);
     let cred = c.enrol(&a, "late").await;
     let mut r = ProtoRunner::connect(a.addr, &cred, 1, &[]).await;
-    let id = c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = c.create_id(&a, json!({ "operation_code": 1 })).await;
     let x = r.next_assignment(10).await;
     assert_eq!((x.task_id.as_str(), x.attempt), (id.as_str(), 1));
 
@@ -1357,10 +1325,7 @@ async fn a_node_that_loses_the_database_sends_its_runners_elsewhere() {
     let b = Node::start(2, &c.dir, &b_url, &env);
     let cred = c.enrol(&a, "moves").await;
     let mut runner = ProtoRunner::connect(b.addr, &cred, 1, &[]).await;
-    let id = c.create(&a, json!({ "operation_code": 1 })).await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = c.create_id(&a, json!({ "operation_code": 1 })).await;
     let got = runner.next_assignment(10).await;
     assert_eq!(got.task_id, id);
     runner.progress(&got, 30, "working").await;

@@ -328,23 +328,9 @@ impl TestServer {
         )
     }
 
-    /// Waits (up to 10 s) until the server counts `n` SSE subscribers (its `/metrics` gauge):
-    /// then a stream opened before is subscribed and sees every event from here on.
+    /// See [`wait_sse_subscribers`].
     pub async fn wait_sse_subscribers(&self, n: usize) {
-        let want = format!("dap_sse_subscribers {n}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = self.http.get(self.url("/metrics")).send().await.unwrap();
-            let text = r.text().await.unwrap();
-            if text.lines().any(|l| l == want) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never {n} SSE subscribers"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_sse_subscribers(&self.http, &self.url(""), n).await;
     }
 
     pub async fn create_task(&self, body: Value) -> (u16, Value) {
@@ -608,4 +594,23 @@ pub async fn read_sse(
         out.push((ev.id.parse().unwrap(), ev.event, data));
     }
     out
+}
+
+/// Waits (up to 10 s) until the server at `base` counts `n` SSE subscribers (its `/metrics`
+/// gauge): then a stream opened before is subscribed and sees every event from here on (a
+/// fixed pause can be outlasted on a loaded machine).
+pub async fn wait_sse_subscribers(http: &reqwest::Client, base: &str, n: usize) {
+    let want = format!("dap_sse_subscribers {n}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+        if r.text().await.unwrap().lines().any(|l| l == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} SSE subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
