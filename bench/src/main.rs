@@ -18,6 +18,11 @@ use std::time::Duration;
 
 use dap_bench::{datagen, ops, scale};
 
+/// mimalloc instead of glibc's malloc: the push loop allocates and frees many small buffers
+/// per task on several threads; measured in `dap-bench` (see ARCHITECTURE.md, Decisions).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     about = "DAP benchmarks: push loop, op 200 vs pandas, op 100 schema fetch, connections at scale"

@@ -1181,13 +1181,23 @@ impl Dispatcher {
                 self.emit(runner_id, "runner.busy", RunnerState::Busy);
             }
             let mut retry = false;
+            let mut failed = false;
+            // Queue every assignment before waiting for any: they commit together.
+            let mut pending = Vec::with_capacity(picked.len());
             for (t, attempt) in picked {
                 let op = WriteOp::Assign {
                     task_id: t.task_id.clone(),
                     runner_id: runner_id.to_owned(),
                     attempt,
                 };
-                match self.store.write(op).await {
+                pending.push((t, attempt, self.store.writer().enqueue(op).await));
+            }
+            for (t, attempt, reply) in pending {
+                let outcome = match reply {
+                    Ok(rx) => rx.await.unwrap_or(Err(StoreError::WriterGone)),
+                    Err(e) => Err(e),
+                };
+                match outcome {
                     Ok(Outcome::Applied(true)) => {
                         let a = Assignment {
                             task_id: t.task_id.clone(),
@@ -1221,11 +1231,11 @@ impl Dispatcher {
                         tracing::error!(error = %e, task_id = %t.task_id, "assign failed");
                         self.drop_reservation(runner_id, &t.task_id, attempt);
                         self.lock().enqueue(t);
-                        return;
+                        failed = true;
                     }
                 }
             }
-            if !retry {
+            if failed || !retry {
                 return;
             }
         }

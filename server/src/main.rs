@@ -9,6 +9,11 @@ use dap_server::store::{Scope, Store};
 use dap_server::{auth, build_state, events::EventBus, http, serve};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the push loop allocates and frees many small buffers
+/// per task on several threads; measured in `dap-bench` (see ARCHITECTURE.md, Decisions).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

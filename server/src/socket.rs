@@ -516,22 +516,28 @@ async fn finish(
     let Ok(done) = s.store.writer().enqueue(op).await else {
         return;
     };
-    // Free the slot once the result is durable, without holding up this socket's reads.
+    // The runner has finished the attempt, so its slot is free now: release it (and refill it
+    // from the queue) at once rather than after the commit. The refill's assignment is queued
+    // to the writer behind this result, so both usually commit in the same transaction and a
+    // busy runner's slot waits for one commit per task, not two. The ack still waits for the
+    // result's own commit. Neither holds up this socket's reads.
     let s = s.clone();
     let runner_id = runner_id.to_owned();
     tokio::spawn(async move {
-        match done.await {
-            Ok(Ok(outcome)) => {
-                if outcome == crate::store::Outcome::Applied(false) {
-                    tracing::info!(%runner_id, %task_id, attempt, "result refused: the attempt was superseded meanwhile");
+        let acked = async {
+            match done.await {
+                Ok(Ok(outcome)) => {
+                    if outcome == crate::store::Outcome::Applied(false) {
+                        tracing::info!(%runner_id, %task_id, attempt, "result refused: the attempt was superseded meanwhile");
+                    }
+                    ack()
                 }
-                ack()
+                // Not acknowledged: the runner sends it again after its next reconnect.
+                Ok(Err(e)) => tracing::error!(error = %e, %task_id, "recording a result failed"),
+                Err(_) => {}
             }
-            // Not acknowledged: the runner sends it again after its next reconnect.
-            Ok(Err(e)) => tracing::error!(error = %e, %task_id, "recording a result failed"),
-            Err(_) => {}
-        }
-        s.dispatcher.release(&runner_id, &task_id, attempt).await;
+        };
+        tokio::join!(s.dispatcher.release(&runner_id, &task_id, attempt), acked);
     });
 }
 

@@ -22,7 +22,7 @@
 //! publishes an event whose transaction did not commit.
 
 use dap_protocol::TaskError;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::model::{now_ms, Event, NewTask, TaskStatus};
@@ -359,7 +359,8 @@ pub(super) struct NewEvent {
     pub at: i64,
 }
 
-/// Appends an event to the batch's `events` (the log gets it before the batch commits).
+/// Appends an event with a free-form payload (runner states) to the batch's `events` (the log
+/// gets it before the batch commits); `type` and `at` are added to `data`.
 fn append_event(
     events: &mut Vec<NewEvent>,
     kind: &'static str,
@@ -378,6 +379,90 @@ fn append_event(
         runner_id: runner_id.map(str::to_owned),
         json: data.to_string(),
         at,
+    });
+}
+
+/// The payload of a task event, serialised straight to its JSON text (the hot path writes
+/// three per task; building a `serde_json::Value` map first cost twice as much). A field that
+/// is `None` is left out; `Some(None)` is written as `null`. `type` and `at` are set by
+/// [`append_task_event`].
+#[derive(serde::Serialize)]
+struct TaskPayload<'a> {
+    task_id: &'a str,
+    status: &'a str,
+    operation_code: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_runner_id: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runner_id: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<i64>,
+    progress: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorPayload<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retried_from: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    at: i64,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorPayload<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl<'a> TaskPayload<'a> {
+    /// The fields every task event has; the rest start out absent.
+    fn new(task_id: &'a str, status: &'a str, operation_code: i64, progress: i64) -> Self {
+        TaskPayload {
+            task_id,
+            status,
+            operation_code,
+            target_runner_id: None,
+            runner_id: None,
+            attempt: None,
+            progress,
+            stage: None,
+            message: None,
+            error: None,
+            reason: None,
+            retried_from: None,
+            kind: "",
+            at: 0,
+        }
+    }
+
+    /// With the runner and attempt that the event is about.
+    fn by(mut self, runner_id: Option<&'a str>, attempt: i64) -> Self {
+        self.runner_id = Some(runner_id);
+        self.attempt = Some(attempt);
+        self
+    }
+}
+
+/// Appends a task event (`kind`, about `p.task_id`, naming `runner_id`) to the batch.
+fn append_task_event(
+    events: &mut Vec<NewEvent>,
+    kind: &'static str,
+    runner_id: Option<&str>,
+    mut p: TaskPayload<'_>,
+) {
+    p.kind = kind;
+    p.at = now_ms();
+    events.push(NewEvent {
+        kind,
+        task_id: Some(p.task_id.to_owned()),
+        runner_id: runner_id.map(str::to_owned),
+        json: serde_json::to_string(&p).expect("a task payload always serialises"),
+        at: p.at,
     });
 }
 
@@ -413,20 +498,14 @@ async fn create_task(
         ],
     )
     .await?;
-    let mut data = json!({
-        "task_id": t.id, "status": "queued", "operation_code": t.operation_code,
-        "target_runner_id": t.target_runner_id, "progress": 0,
-    });
-    if let Some(from) = &t.retried_from {
-        data["retried_from"] = Value::from(from.as_str());
-    }
-    append_event(events, "task.created", Some(&t.id), None, data);
+    let code = i64::from(t.operation_code);
+    let mut created = TaskPayload::new(&t.id, "queued", code, 0);
+    created.target_runner_id = Some(t.target_runner_id.as_deref());
+    created.retried_from = t.retried_from.as_deref();
+    append_task_event(events, "task.created", None, created);
     if let Some(runner) = &t.assign_to {
-        let data = json!({
-            "task_id": t.id, "status": "assigned", "operation_code": t.operation_code,
-            "runner_id": runner, "attempt": attempt, "progress": 0,
-        });
-        append_event(events, "task.assigned", Some(&t.id), Some(runner), data);
+        let p = TaskPayload::new(&t.id, "assigned", code, 0).by(Some(runner), attempt.into());
+        append_task_event(events, "task.assigned", Some(runner), p);
     }
     Ok(())
 }
@@ -525,17 +604,9 @@ task_id,
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
-            let data = json!({
-                "task_id": task_id, "status": "assigned", "operation_code": code,
-                "runner_id": runner_id, "attempt": attempt, "progress": 0,
-            });
-            append_event(
-                events,
-                "task.assigned",
-                Some(task_id),
-                Some(runner_id),
-                data,
-            );
+            let p = TaskPayload::new(task_id, "assigned", code, 0)
+                .by(Some(runner_id), (*attempt).into());
+            append_task_event(events, "task.assigned", Some(runner_id), p);
             Ok(Outcome::Applied(true))
         }
         WriteOp::Progress {
@@ -569,18 +640,11 @@ task_id,
             let Some((code, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
-            let data = json!({
-                "task_id": task_id, "status": "running", "operation_code": code,
-                "runner_id": runner_id, "attempt": attempt, "progress": percent,
-                "stage": stage, "message": message,
-            });
-            append_event(
-                events,
-                "task.progress",
-                Some(task_id),
-                Some(runner_id),
-                data,
-            );
+            let mut p = TaskPayload::new(task_id, "running", code, (*percent).into())
+                .by(Some(runner_id), (*attempt).into());
+            p.stage = Some(stage.as_deref());
+            p.message = Some(message.as_deref());
+            append_task_event(events, "task.progress", Some(runner_id), p);
             Ok(Outcome::Applied(true))
         }
         WriteOp::Finish {
@@ -617,20 +681,20 @@ task_id,
             let Some((code, progress, stage, message)) = row else {
                 return Ok(Outcome::Applied(false));
             };
-            let mut data = json!({
-                "task_id": task_id, "status": status.as_str(), "operation_code": code,
-                "runner_id": runner_id, "attempt": attempt, "progress": progress,
-                "stage": stage, "message": message,
+            let mut p = TaskPayload::new(task_id, status.as_str(), code, progress)
+                .by(Some(runner_id), (*attempt).into());
+            p.stage = Some(stage.as_deref());
+            p.message = Some(message.as_deref());
+            p.error = err.map(|e| ErrorPayload {
+                code: &e.code,
+                message: &e.message,
             });
-            if let Some(e) = err {
-                data["error"] = json!({ "code": e.code, "message": e.message });
-            }
             let kind = if err.is_some() {
                 "task.failed"
             } else {
                 "task.completed"
             };
-            append_event(events, kind, Some(task_id), Some(runner_id), data);
+            append_task_event(events, kind, Some(runner_id), p);
             Ok(Outcome::Applied(true))
         }
         WriteOp::Cancel { task_id } => {
@@ -663,17 +727,9 @@ task_id,
                 &[now.into(), task_id.into()],
             )
             .await?;
-            let data = json!({
-                "task_id": task_id, "status": "cancelled", "operation_code": code,
-                "runner_id": runner_id, "attempt": attempt, "progress": progress,
-            });
-            append_event(
-                events,
-                "task.cancelled",
-                Some(task_id),
-                runner_id.as_deref(),
-                data,
-            );
+            let p = TaskPayload::new(task_id, "cancelled", code, progress)
+                .by(runner_id.as_deref(), attempt);
+            append_task_event(events, "task.cancelled", runner_id.as_deref(), p);
             let runner = match status {
                 TaskStatus::Assigned | TaskStatus::Running => {
                     runner_id.map(|r| (r, attempt as u32))
@@ -735,12 +791,13 @@ task_id,
                 let Some((code, progress)) = row else {
                     return Ok(Outcome::Applied(false));
                 };
-                let data = json!({
-                    "task_id": task_id, "status": "failed", "operation_code": code,
-                    "runner_id": runner_id, "attempt": attempt, "progress": progress,
-                    "error": { "code": fail_code, "message": message },
+                let mut p = TaskPayload::new(task_id, "failed", code, progress)
+                    .by(Some(runner_id), (*attempt).into());
+                p.error = Some(ErrorPayload {
+                    code: fail_code,
+                    message: &message,
                 });
-                append_event(events, "task.failed", Some(task_id), Some(runner_id), data);
+                append_task_event(events, "task.failed", Some(runner_id), p);
                 return Ok(Outcome::Lost);
             }
             let mut args: Vec<Arg<'_>> = vec![
@@ -761,11 +818,10 @@ task_id,
             let Some(code) = code else {
                 return Ok(Outcome::Applied(false));
             };
-            let data = json!({
-                "task_id": task_id, "status": "queued", "operation_code": code,
-                "attempt": attempt, "progress": 0, "reason": reason,
-            });
-            append_event(events, "task.requeued", Some(task_id), None, data);
+            let mut p = TaskPayload::new(task_id, "queued", code, 0);
+            p.attempt = Some((*attempt).into());
+            p.reason = Some(reason);
+            append_task_event(events, "task.requeued", None, p);
             Ok(Outcome::Applied(true))
         }
         WriteOp::RunnerState {
@@ -782,5 +838,105 @@ task_id,
             append_event(events, kind, None, Some(runner_id), data.clone());
             Ok(Outcome::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(events: &[NewEvent], i: usize) -> serde_json::Map<String, Value> {
+        match serde_json::from_str(&events[i].json).expect("json") {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn keys(m: &serde_json::Map<String, Value>) -> Vec<&str> {
+        let mut k: Vec<&str> = m.keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+
+    /// The payload fields are part of the SSE and webhook contract: absent fields stay absent,
+    /// present-but-unknown ones are `null`.
+    #[test]
+    fn task_payloads_carry_exactly_their_fields() {
+        let mut ev = Vec::new();
+        let mut created = TaskPayload::new("t1", "queued", 200, 0);
+        created.target_runner_id = Some(None);
+        append_task_event(&mut ev, "task.created", None, created);
+        let m = payload(&ev, 0);
+        assert_eq!(
+            keys(&m),
+            [
+                "at",
+                "operation_code",
+                "progress",
+                "status",
+                "target_runner_id",
+                "task_id",
+                "type"
+            ]
+        );
+        assert_eq!(m["target_runner_id"], Value::Null);
+        assert_eq!(m["type"], "task.created");
+        assert_eq!(m["operation_code"], 200);
+        assert_eq!(ev[0].task_id.as_deref(), Some("t1"));
+        assert_eq!(ev[0].runner_id, None);
+        assert_eq!(m["at"], ev[0].at);
+
+        let mut done = TaskPayload::new("t1", "failed", 300, 40).by(Some("r1"), 2);
+        done.stage = Some(Some("fit"));
+        done.message = Some(None);
+        done.error = Some(ErrorPayload {
+            code: "bad \"input\"",
+            message: "line 1\nline 2",
+        });
+        append_task_event(&mut ev, "task.failed", Some("r1"), done);
+        let m = payload(&ev, 1);
+        assert_eq!(
+            keys(&m),
+            [
+                "at",
+                "attempt",
+                "error",
+                "message",
+                "operation_code",
+                "progress",
+                "runner_id",
+                "stage",
+                "status",
+                "task_id",
+                "type"
+            ]
+        );
+        assert_eq!(m["runner_id"], "r1");
+        assert_eq!(m["attempt"], 2);
+        assert_eq!(m["progress"], 40);
+        assert_eq!(m["stage"], "fit");
+        assert_eq!(m["message"], Value::Null);
+        assert_eq!(m["error"]["code"], "bad \"input\"");
+        assert_eq!(m["error"]["message"], "line 1\nline 2");
+        assert_eq!(ev[1].runner_id.as_deref(), Some("r1"));
+
+        let mut requeued = TaskPayload::new("t1", "queued", 1, 0);
+        requeued.attempt = Some(1);
+        requeued.reason = Some("runner_lost");
+        append_task_event(&mut ev, "task.requeued", None, requeued);
+        let m = payload(&ev, 2);
+        assert_eq!(
+            keys(&m),
+            [
+                "at",
+                "attempt",
+                "operation_code",
+                "progress",
+                "reason",
+                "status",
+                "task_id",
+                "type"
+            ]
+        );
     }
 }
