@@ -64,6 +64,7 @@ row "no-op round trip p50" "$(value noop_round_trip_p50)" "$(value celery_noop_r
 row "no-op round trip p99" "$(value noop_round_trip_p99)" "$(value celery_noop_round_trip_p99)" ms
 row "throughput (1 runner)" "$(value durable_throughput_sqlite_1_runners)" "$(value celery_throughput)" tasks/s
 row "throughput (16 runners)" "$(value durable_throughput_sqlite_16_runners)" "" tasks/s
+row "same, batch creates" "$(value durable_throughput_sqlite_batch100_16_runners)" "" tasks/s
 row "PostgreSQL dispatch p50" "$(value postgres_dispatch_latency_p50)" "" ms
 row "PostgreSQL throughput (16)" "$(value durable_throughput_postgres_16_runners)" "" tasks/s
 echo

@@ -44,8 +44,9 @@ pub struct NoopArgs {
     /// Seconds of load per throughput run.
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
-    /// Concurrent HTTP clients in the throughput runs.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent HTTP clients in the throughput runs (each with one request in flight; enough
+    /// to keep a 2-core server busy: with 64 the server idles between commits).
+    #[arg(long, default_value_t = 128)]
     pub clients: usize,
     /// Slots per runner in the throughput runs.
     #[arg(long, default_value_t = 16)]
