@@ -15,6 +15,7 @@ on_both_backends!(
     create_push_progress_complete_result_and_sse,
     live_sse_then_resume_with_last_event_id_without_gaps_or_duplicates,
     queued_task_starts_when_a_runner_connects_and_cancel_works,
+    a_busy_runner_works_through_a_backlog_one_result_at_a_time,
 );
 
 async fn create_push_progress_complete_result_and_sse(backend: Backend) {
@@ -266,7 +267,7 @@ async fn queued_task_starts_when_a_runner_connects_and_cancel_works(backend: Bac
     assert_eq!(srv.state.dispatcher.queue_depth(), 0);
 }
 
-/// Regression: the server sends an `ack` and then the next `assign` back to back. With Nagle's
+/// Regression: the server sends an `ack` and the next `assign` back to back. With Nagle's
 /// algorithm on the server's sockets the second waited for the runner's delayed ACK (~40 ms per
 /// task); connections are now `TCP_NODELAY`. The median over 20 tasks stays far below 40 ms.
 /// SQLite only: the runner socket is the same whatever the store, and on PostgreSQL each create
@@ -440,4 +441,87 @@ async fn every_subscriber_receives_identical_event_bytes_in_order() {
 
 async fn raw_sse_until_completed_owned(url: String, key: String, last: Option<i64>) -> String {
     raw_sse_until_completed(&url, &key, last).await
+}
+
+/// A one-slot runner with a backlog: its slot is refilled as soon as it reports a result (the
+/// next assignment is committed with that result, not after it), yet each result is
+/// acknowledged only once it is committed, the log records every result before the assignment
+/// that reused its slot, and the runner never holds two tasks.
+async fn a_busy_runner_works_through_a_backlog_one_result_at_a_time(backend: Backend) {
+    let srv = TestServer::start_on(backend).await;
+    let (_, cred) = srv.enrol("r1").await;
+    let mut runner = ProtoRunner::connect(srv.addr, &cred, 1, &[]).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let (st, v) = srv.create_task(json!({ "operation_code": 1 })).await;
+        assert_eq!(st, 201, "{v}");
+        ids.push(v["task_id"].as_str().unwrap().to_owned());
+    }
+    let mut order = Vec::new();
+    // The next assignment may arrive before the ack of the result that freed its slot.
+    let mut next: Option<dap_protocol::Assignment> = None;
+    for i in 0..ids.len() {
+        let a = match next.take() {
+            Some(a) => a,
+            None => runner.next_assignment(10).await,
+        };
+        assert_eq!(a.attempt, 1);
+        assert!(!order.contains(&a.task_id), "{} assigned twice", a.task_id);
+        order.push(a.task_id.clone());
+        // One slot: nothing else arrives while this one is held.
+        if i == 0 {
+            assert!(
+                runner.next(1).await.is_none(),
+                "a 1-slot runner got a second task"
+            );
+        }
+        runner.complete(&a, json!({ "n": i })).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !runner.acks.contains(&(a.task_id.clone(), 1)) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next_server_message_within(&mut runner.ws, left).await {
+                Some(dap_protocol::ServerMessage::Ack { task_id, attempt }) => {
+                    runner.acks.push((task_id, attempt))
+                }
+                Some(dap_protocol::ServerMessage::Assign(b)) => {
+                    assert!(next.is_none(), "a 1-slot runner got two tasks at once");
+                    next = Some(b);
+                }
+                other => panic!("waiting for the ack of {}: {other:?}", a.task_id),
+            }
+        }
+        // Acknowledged means committed: the result is readable at once.
+        let (st, v) = srv
+            .get(
+                &format!("/api/v1/tasks/{}/result", a.task_id),
+                &srv.read_key,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["status"], "completed", "{v}");
+        assert_eq!(v["result_data"]["n"], i, "{v}");
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sorted, want, "every task ran once");
+    assert!(runner.next(1).await.is_none(), "nothing left to push");
+    // In the log, each task's completion precedes the assignment of the next one.
+    let events = srv.state.store.events_after(0, None, 1000).await.unwrap();
+    let pos = |kind: &str, task: &str| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
+            .unwrap_or_else(|| panic!("no {kind} for {task}"))
+            .id
+    };
+    for w in order.windows(2) {
+        assert!(
+            pos("task.completed", &w[0]) < pos("task.assigned", &w[1]),
+            "{} was assigned before {} completed",
+            w[1],
+            w[0]
+        );
+    }
 }
