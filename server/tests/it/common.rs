@@ -428,6 +428,10 @@ pub struct ProtoRunner {
     pub runner_id: String,
     /// `ack`s heard so far (skipped by [`next`](Self::next)), as (task, attempt).
     pub acks: Vec<(String, u32)>,
+    /// Other messages heard while [`wait_ack`](Self::wait_ack) waited (the server may push the
+    /// next assignment before the ack of the result that freed its slot); `next` returns
+    /// them first.
+    heard: std::collections::VecDeque<ServerMessage>,
 }
 
 impl ProtoRunner {
@@ -471,11 +475,15 @@ impl ProtoRunner {
             ws,
             runner_id,
             acks: Vec::new(),
+            heard: Default::default(),
         }
     }
 
     /// The next message other than an `ack` (acks are recorded in [`acks`](Self::acks)).
     pub async fn next(&mut self, secs: u64) -> Option<ServerMessage> {
+        if let Some(m) = self.heard.pop_front() {
+            return Some(m);
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -498,7 +506,7 @@ impl ProtoRunner {
             );
             match next_server_message_within(&mut self.ws, left).await {
                 Some(ServerMessage::Ack { task_id, attempt }) => self.acks.push((task_id, attempt)),
-                Some(other) => panic!("expected an ack, got {other:?}"),
+                Some(other) => self.heard.push_back(other),
                 None => panic!("socket ended while waiting for an ack of {task_id}"),
             }
         }
