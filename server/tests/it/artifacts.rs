@@ -204,9 +204,7 @@ async fn upload_list_download_and_signed_url() {
     // The result lists the artifact; once the task is finished, uploads are refused.
     r.complete(&a, json!({"rows": 3})).await;
     srv.wait_status(&id, "completed", 5).await;
-    let (_, res) = srv
-        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
-        .await;
+    let (_, res) = srv.result(&id).await;
     assert_eq!(res["artifacts"][0]["name"], "output.csv");
     assert_eq!(res["artifacts"][0]["size"], 50_000);
     let (st, _) = put(

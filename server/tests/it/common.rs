@@ -345,6 +345,12 @@ impl TestServer {
         v
     }
 
+    /// `GET /api/v1/tasks/{id}/result` with the read key: (status, body).
+    pub async fn result(&self, id: &str) -> (u16, Value) {
+        self.get(&format!("/api/v1/tasks/{id}/result"), &self.read_key)
+            .await
+    }
+
     pub async fn task_total(&self) -> u64 {
         let (st, v) = self.get("/api/v1/tasks?limit=1", &self.read_key).await;
         assert_eq!(st, 200, "{v}");

@@ -210,9 +210,7 @@ async fn tasks_route_to_runners_holding_the_dataset_and_requeue_on_disconnect() 
     assert_eq!(srv.task(&tid).await["status"], "assigned");
     rb.complete(&a2, json!({"fresh": true})).await;
     srv.wait_status(&tid, "completed", 5).await;
-    let (_, r) = srv
-        .get(&format!("/api/v1/tasks/{tid}/result"), &srv.read_key)
-        .await;
+    let (_, r) = srv.result(&tid).await;
     assert_eq!(r["result_data"]["fresh"], true);
 
     // The datasets listing shows who holds what.

@@ -111,9 +111,7 @@ async fn a_cut_longer_than_the_grace_period_moves_the_task_and_refuses_the_late_
     }
     ra.complete(&a1, json!({"from": "a"})).await;
     ra.wait_ack(&id, 1, 5).await;
-    let (_, res) = srv
-        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
-        .await;
+    let (_, res) = srv.result(&id).await;
     assert_eq!(
         res["result_data"]["from"], "b",
         "the late result was refused"

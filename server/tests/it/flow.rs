@@ -41,9 +41,7 @@ async fn create_push_progress_complete_result_and_sse(backend: Backend) {
     assert_eq!(a.params["limit"], 5);
 
     // Result not ready yet.
-    let (st, v) = srv
-        .get(&format!("/api/v1/tasks/{task_id}/result"), &srv.read_key)
-        .await;
+    let (st, v) = srv.result(&task_id).await;
     assert_eq!(
         (st, v["error"]["code"].as_str()),
         (409, Some("result_not_ready"))
@@ -71,9 +69,7 @@ async fn create_push_progress_complete_result_and_sse(backend: Backend) {
     runner.wait_ack(&a.task_id, a.attempt, 5).await;
     assert_eq!(t["progress"], 100);
     assert!(t["finished_at"].is_string() && t["started_at"].is_string());
-    let (st, v) = srv
-        .get(&format!("/api/v1/tasks/{task_id}/result"), &srv.read_key)
-        .await;
+    let (st, v) = srv.result(&task_id).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["result_data"]["row_count"], 3);
 
@@ -491,12 +487,7 @@ async fn a_busy_runner_works_through_a_backlog_one_result_at_a_time(backend: Bac
             }
         }
         // Acknowledged means committed: the result is readable at once.
-        let (st, v) = srv
-            .get(
-                &format!("/api/v1/tasks/{}/result", a.task_id),
-                &srv.read_key,
-            )
-            .await;
+        let (st, v) = srv.result(&a.task_id).await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["status"], "completed", "{v}");
         assert_eq!(v["result_data"]["n"], i, "{v}");

@@ -124,9 +124,7 @@ async fn after_the_grace_period_the_task_moves_to_another_runner_and_the_late_re
     assert_eq!(srv.task(&id).await["status"], "assigned");
     rb.complete(&b2, json!({"from": "b"})).await;
     srv.wait_status(&id, "completed", 5).await;
-    let (_, res) = srv
-        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
-        .await;
+    let (_, res) = srv.result(&id).await;
     assert_eq!(res["result_data"]["from"], "b");
 }
 
@@ -257,9 +255,7 @@ async fn a_draining_runner_gets_nothing_new_and_a_hand_back_requeues_at_once_fen
     let done = srv.wait_status(&id, "completed", 5).await;
     assert_eq!(done["attempt"], 2, "{done}");
     assert_eq!(done["runner_id"], other.as_str(), "{done}");
-    let (_, res) = srv
-        .get(&format!("/api/v1/tasks/{id}/result"), &srv.read_key)
-        .await;
+    let (_, res) = srv.result(&id).await;
     assert_eq!(res["result_data"], json!({"from": "attempt 2"}), "{res}");
     let (_, h) = srv
         .get(&format!("/api/v1/tasks/{id}/events"), &srv.read_key)

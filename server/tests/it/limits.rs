@@ -119,12 +119,7 @@ async fn a_result_near_the_message_cap_arrives_whole_through_the_small_read_buff
         r.complete(&a, json!({ "round": round, "blob": blob }))
             .await;
         r.wait_ack(&a.task_id, a.attempt, 10).await;
-        let (st, v) = srv
-            .get(
-                &format!("/api/v1/tasks/{}/result", a.task_id),
-                &srv.read_key,
-            )
-            .await;
+        let (st, v) = srv.result(&a.task_id).await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["result_data"]["round"], round);
         assert!(
