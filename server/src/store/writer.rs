@@ -194,6 +194,35 @@ pub(super) trait WriteTx {
         args: &[Arg<'_>],
         read: impl FnOnce(&dyn DbRow) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError>;
+    /// Inserts new tasks (created at `now`; queued, or assigned when the dispatcher reserved a
+    /// slot). By default one statement per task, which costs SQLite nothing; PostgreSQL inserts
+    /// them in one statement (one round trip for a batch create).
+    async fn insert_tasks(&mut self, tasks: &[&NewTask], now: i64) -> Result<(), StoreError> {
+        for t in tasks {
+            let (status, attempt, assigned_at) = initial_state(t, now);
+            self.execute(
+                "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, \
+                 attempt, progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, \
+                 retried_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
+                &[
+                    (&t.id).into(),
+                    t.operation_code.into(),
+                    (&t.params_json).into(),
+                    status.as_str().into(),
+                    (&t.target_runner_id).into(),
+                    (&t.assign_to).into(),
+                    attempt.into(),
+                    now.into(),
+                    assigned_at.into(),
+                    t.timeout_s.into(),
+                    t.max_attempts.into(),
+                    (&t.retried_from).into(),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
     /// Appends `events` to the log, in order, and returns their ids (increasing). SQLite
     /// inserts them one by one (no round trips to save); PostgreSQL in one statement.
     async fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;
@@ -466,48 +495,40 @@ fn append_task_event(
     });
 }
 
-/// Inserts a new task (queued, or assigned when the dispatcher reserved a slot) and appends its
-/// events.
-async fn create_task(
+/// A new task's status, attempt and `assigned_at`: assigned (attempt 1) when the dispatcher
+/// reserved a slot for it, queued otherwise.
+pub(super) fn initial_state(t: &NewTask, now: i64) -> (TaskStatus, u32, Option<i64>) {
+    match &t.assign_to {
+        Some(_) => (TaskStatus::Assigned, 1, Some(now)),
+        None => (TaskStatus::Queued, 0, None),
+    }
+}
+
+/// Inserts new tasks and appends their events (each task's in turn): all or none.
+async fn create_tasks(
     tx: &mut impl WriteTx,
-    t: &NewTask,
+    ts: &[&NewTask],
     now: i64,
     events: &mut Vec<NewEvent>,
 ) -> Result<(), StoreError> {
-    let (status, attempt, assigned_at) = match &t.assign_to {
-        Some(_) => (TaskStatus::Assigned, 1u32, Some(now)),
-        None => (TaskStatus::Queued, 0, None),
-    };
-    tx.execute(
-        "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, attempt, \
-         progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, retried_from) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?10, ?11, ?12)",
-        &[
-            (&t.id).into(),
-            t.operation_code.into(),
-            (&t.params_json).into(),
-            status.as_str().into(),
-            (&t.target_runner_id).into(),
-            (&t.assign_to).into(),
-            attempt.into(),
-            now.into(),
-            assigned_at.into(),
-            t.timeout_s.into(),
-            t.max_attempts.into(),
-            (&t.retried_from).into(),
-        ],
-    )
-    .await?;
+    tx.insert_tasks(ts, now).await?;
+    for t in ts {
+        append_created(t, events);
+    }
+    Ok(())
+}
+
+/// Appends a new task's events: `task.created`, and `task.assigned` when it was placed.
+fn append_created(t: &NewTask, events: &mut Vec<NewEvent>) {
     let code = i64::from(t.operation_code);
     let mut created = TaskPayload::new(&t.id, "queued", code, 0);
     created.target_runner_id = Some(t.target_runner_id.as_deref());
     created.retried_from = t.retried_from.as_deref();
     append_task_event(events, "task.created", None, created);
     if let Some(runner) = &t.assign_to {
-        let p = TaskPayload::new(&t.id, "assigned", code, 0).by(Some(runner), attempt.into());
+        let p = TaskPayload::new(&t.id, "assigned", code, 0).by(Some(runner), 1);
         append_task_event(events, "task.assigned", Some(runner), p);
     }
-    Ok(())
 }
 
 /// The statement of a requeue: `plain`, or with `unseen` its `guarded` form (`plain` plus
@@ -570,14 +591,13 @@ async fn apply(
     let now = now_ms();
     match op {
         WriteOp::CreateTask(t) => {
-            create_task(tx, t, now, events).await?;
+            create_tasks(tx, &[t], now, events).await?;
             Ok(Outcome::Done)
         }
         WriteOp::CreateTasks(ts) => {
             // All or none: an error here fails the op, and the batch retries it on its own.
-            for t in ts {
-                create_task(tx, t, now, events).await?;
-            }
+            let ts: Vec<&NewTask> = ts.iter().collect();
+            create_tasks(tx, &ts, now, events).await?;
             Ok(Outcome::Done)
         }
         WriteOp::Assign {
