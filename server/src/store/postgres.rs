@@ -146,37 +146,24 @@ impl WriteTx for PgTx {
     async fn insert_tasks(&mut self, tasks: &[&NewTask], now: i64) -> Result<(), StoreError> {
         // One round trip for a batch create, however many tasks it holds (one INSERT per task
         // made a 100-task batch cost 100 round trips).
-        let n = tasks.len();
-        let (mut ids, mut codes, mut params) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut status, mut targets, mut runners) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut attempts, mut assigned, mut timeouts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut maxes, mut retried) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for t in tasks {
-            let (st, attempt, assigned_at) = initial_state(t, now);
-            ids.push(t.id.as_str());
-            codes.push(i64::from(t.operation_code));
-            params.push(t.params_json.as_str());
-            status.push(st.as_str());
-            targets.push(t.target_runner_id.as_deref());
-            runners.push(t.assign_to.as_deref());
-            attempts.push(i64::from(attempt));
-            assigned.push(assigned_at);
-            timeouts.push(t.timeout_s.map(i64::from));
-            maxes.push(t.max_attempts.map(i64::from));
-            retried.push(t.retried_from.as_deref());
-        }
+        let init: Vec<_> = tasks.iter().map(|t| initial_state(t, now)).collect();
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let codes: Vec<i64> = tasks.iter().map(|t| t.operation_code.into()).collect();
+        let params: Vec<&str> = tasks.iter().map(|t| t.params_json.as_str()).collect();
+        let status: Vec<&str> = init.iter().map(|(st, _, _)| st.as_str()).collect();
+        let targets: Vec<Option<&str>> = tasks
+            .iter()
+            .map(|t| t.target_runner_id.as_deref())
+            .collect();
+        let runners: Vec<Option<&str>> = tasks.iter().map(|t| t.assign_to.as_deref()).collect();
+        let attempts: Vec<i64> = init.iter().map(|(_, a, _)| (*a).into()).collect();
+        let assigned: Vec<Option<i64>> = init.iter().map(|(_, _, at)| *at).collect();
+        let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout_s.map(i64::from)).collect();
+        let maxes: Vec<Option<i64>> = tasks
+            .iter()
+            .map(|t| t.max_attempts.map(i64::from))
+            .collect();
+        let retried: Vec<Option<&str>> = tasks.iter().map(|t| t.retried_from.as_deref()).collect();
         sqlx::query(
             "INSERT INTO tasks (id, operation_code, params, status, target_runner_id, runner_id, \
              attempt, progress, created_at, assigned_at, updated_at, timeout_s, max_attempts, \
