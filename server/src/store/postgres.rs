@@ -58,7 +58,7 @@ pub(super) fn spawn_writer(pool: PgPool, bus: Option<EventBus>, outbox: Outbox) 
         outbox: outbox.clone(),
     };
     tokio::spawn(run(conn, rx, bus, outbox));
-    Writer::new(tx, std::sync::Arc::new(()))
+    Writer::new(tx, None, std::sync::Arc::new(()))
 }
 
 async fn run(

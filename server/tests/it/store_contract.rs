@@ -24,6 +24,7 @@ on_both_backends!(
     requeue_fences_the_old_attempt_and_the_last_attempt_fails,
     event_log_is_in_commit_order_and_replays_from_any_id,
     one_bad_operation_does_not_fail_its_batch_neighbours,
+    no_operation_overtakes_one_its_submitter_queued_before_it,
     runners_are_enrolled_seen_listed_and_revoked,
     api_keys_are_created_listed_and_revoked,
     artifacts_are_fenced_by_attempt_and_listed_in_byte_order,
@@ -608,6 +609,91 @@ async fn event_log_is_in_commit_order_and_replays_from_any_id(backend: Backend) 
         "task.created"
     );
     assert!(s.event_data(1 << 40).await.unwrap().is_none());
+}
+
+async fn no_operation_overtakes_one_its_submitter_queued_before_it(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let s = &f.store;
+    // Many submitters at once, each queueing whole task lives without waiting for a commit.
+    // Some operations commit in groups on the writer's own thread; on SQLite others commit on
+    // the submitter's thread while the writer is idle. An assignment that overtook its create,
+    // or a progress that overtook its assignment or came after its completion, is refused.
+    // Each submitter has a thread of its own, so they really run at once.
+    let mut submitters = Vec::new();
+    for n in 0..32 {
+        let w = s.writer().clone();
+        let rt = tokio::runtime::Handle::current();
+        submitters.push(tokio::task::spawn_blocking(move || {
+            rt.block_on(async move {
+                let mut ids = Vec::new();
+                let mut replies = Vec::new();
+                for _ in 0..25 {
+                    let id = task_id();
+                    let (task_id, runner_id) = (id.clone(), format!("r{}", n % 4));
+                    let mut ops = vec![
+                        WriteOp::CreateTask(new_task(&id, json!({}))),
+                        WriteOp::Assign {
+                            task_id: task_id.clone(),
+                            runner_id: runner_id.clone(),
+                            attempt: 1,
+                        },
+                    ];
+                    for percent in [20, 40, 60, 80] {
+                        ops.push(WriteOp::Progress {
+                            task_id: task_id.clone(),
+                            runner_id: runner_id.clone(),
+                            attempt: 1,
+                            percent,
+                            stage: None,
+                            message: None,
+                        });
+                    }
+                    ops.push(WriteOp::Finish {
+                        task_id,
+                        runner_id,
+                        attempt: 1,
+                        result: Ok(json!({ "n": n })),
+                    });
+                    for (i, op) in ops.into_iter().enumerate() {
+                        replies.push(w.enqueue(op).await.unwrap());
+                        if (i + n) % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    ids.push(id);
+                }
+                for rx in replies {
+                    let o = rx.await.unwrap().unwrap();
+                    assert!(matches!(o, Outcome::Done | Outcome::Applied(true)), "{o:?}");
+                }
+                ids
+            })
+        }));
+    }
+    for sub in submitters {
+        for id in sub.await.unwrap() {
+            let kinds: Vec<String> = s
+                .events_after(0, Some(&id), 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    "task.created",
+                    "task.assigned",
+                    "task.progress",
+                    "task.progress",
+                    "task.progress",
+                    "task.progress",
+                    "task.completed"
+                ]
+            );
+            assert_eq!(task(s, &id).await.status, TaskStatus::Completed);
+        }
+    }
 }
 
 async fn one_bad_operation_does_not_fail_its_batch_neighbours(backend: Backend) {
