@@ -463,6 +463,14 @@ async fn place(s: &AppState, p: Prepared) -> TaskStatus {
     }
 }
 
+/// Lets the runner sockets just handed an assignment write it before this request writes its
+/// answer. A push wakes the socket's task into this worker's next slot, where it would wait for
+/// the answer's write (~0.04 ms); the runner starts that much sooner, the client hears a few
+/// microseconds later.
+async fn runner_first() {
+    tokio::task::yield_now().await;
+}
+
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("api_key" = [])),
     request_body = CreateTask,
     responses((status = 201, description = "Committed, then pushed to a runner or queued", body = TaskCreated),
@@ -483,6 +491,7 @@ async fn create(
     }
     let (task_id, runner_id) = (p.new.id.clone(), p.assign_to.clone());
     let status = place(&s, p).await;
+    runner_first().await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": runner_id })),
@@ -548,6 +557,7 @@ async fn create_batch(
         created
             .push(json!({ "task_id": task_id, "status": status.as_str(), "runner_id": runner_id }));
     }
+    runner_first().await;
     Ok((StatusCode::CREATED, Json(json!({ "tasks": created }))))
 }
 
