@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use dap_protocol::{Completed, Hello, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
 use dap_server::store::{Scope, TaskFilter, TaskStatus};
 use dap_server::{auth, build_state, serve, AppState, ServeConfig};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -200,23 +200,34 @@ async fn spawn_runner(
     };
     let acked = b.acked.clone();
     tokio::spawn(async move {
-        while let Some(Ok(m)) = rx.next().await {
-            let Message::Text(t) = m else { continue };
-            let msg = serde_json::from_str(t.as_str());
-            if let Ok(ServerMessage::Ack { .. }) = msg {
-                acked.fetch_add(1, Ordering::Relaxed);
-            } else if let Ok(ServerMessage::Assign(a)) = msg {
-                if let Some(ch) = &arrivals {
-                    let _ = ch.send((a.task_id.clone(), Instant::now()));
+        // Completes every assignment it has read, then writes the results in one flush (as
+        // the server writes what it has queued): one write per burst, not per task.
+        while let Some(Ok(mut m)) = rx.next().await {
+            loop {
+                let Message::Text(t) = m else { break };
+                let msg = serde_json::from_str(t.as_str());
+                if let Ok(ServerMessage::Ack { .. }) = msg {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                } else if let Ok(ServerMessage::Assign(a)) = msg {
+                    if let Some(ch) = &arrivals {
+                        let _ = ch.send((a.task_id.clone(), Instant::now()));
+                    }
+                    let done = RunnerMessage::Completed(Completed {
+                        task_id: a.task_id,
+                        attempt: a.attempt,
+                        result_data: json!({ "noop": true }),
+                    });
+                    if tx.feed(Message::Text(done.to_json().into())).await.is_err() {
+                        return;
+                    }
                 }
-                let done = RunnerMessage::Completed(Completed {
-                    task_id: a.task_id,
-                    attempt: a.attempt,
-                    result_data: json!({ "noop": true }),
-                });
-                if tx.send(Message::Text(done.to_json().into())).await.is_err() {
-                    return;
+                match rx.next().now_or_never() {
+                    Some(Some(Ok(next))) => m = next,
+                    _ => break,
                 }
+            }
+            if tx.flush().await.is_err() {
+                return;
             }
         }
     });
