@@ -152,6 +152,12 @@ async fn task(store: &Store, id: &str) -> dap_server::store::Task {
     store.get_task(id).await.unwrap().expect("task exists")
 }
 
+/// The kinds of `task`'s events in the log, in order.
+async fn event_kinds(store: &Store, task: &str) -> Vec<String> {
+    let log = store.events_after(0, Some(task), 100).await.unwrap();
+    log.into_iter().map(|e| e.kind).collect()
+}
+
 fn applied(b: bool) -> Outcome {
     Outcome::Applied(b)
 }
@@ -333,15 +339,8 @@ async fn lifecycle_assign_progress_finish_with_stale_writes_refused(backend: Bac
     assert_eq!(progress(s, &id, "r1", 1, 99).await, applied(false));
     assert_eq!(task(s, &id).await.result_data.unwrap()["row_count"], 3);
 
-    let kinds: Vec<String> = s
-        .events_after(0, Some(&id), 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
     assert_eq!(
-        kinds,
+        event_kinds(s, &id).await,
         [
             "task.created",
             "task.assigned",
@@ -672,15 +671,8 @@ async fn no_operation_overtakes_one_its_submitter_queued_before_it(backend: Back
     }
     for sub in submitters {
         for id in sub.await.unwrap() {
-            let kinds: Vec<String> = s
-                .events_after(0, Some(&id), 100)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.kind)
-                .collect();
             assert_eq!(
-                kinds,
+                event_kinds(s, &id).await,
                 [
                     "task.created",
                     "task.assigned",
