@@ -62,6 +62,11 @@ pub struct NoopArgs {
     /// SQLite in a temp dir.
     #[arg(long, env = "DAP_BENCH_DATABASE")]
     pub database: Option<String>,
+    /// Runs of the whole sequence, each on a fresh server; each figure printed is the median
+    /// over them (a `#` line before it gives the range). This VM's neighbours move single runs
+    /// by ±20 %.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 #[derive(Args)]

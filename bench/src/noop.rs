@@ -239,7 +239,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-async fn latency(b: &Bench, iterations: usize) {
+async fn latency(b: &Bench, iterations: usize) -> Figures {
     let (arr_tx, mut arr_rx) = mpsc::unbounded_channel();
     let runner_id = spawn_runner(b, 1, Some(arr_tx)).await;
     // One SSE stream reports completions.
@@ -300,16 +300,30 @@ async fn latency(b: &Bench, iterations: usize) {
         dap_server::store::Backend::Sqlite => "",
         dap_server::store::Backend::Postgres => "postgres_",
     };
-    println!("{p}dispatch_latency_p50: {:.3} ms", pct(&dispatch, 0.50));
-    println!("{p}dispatch_latency_p99: {:.3} ms", pct(&dispatch, 0.99));
-    println!("{p}noop_round_trip_p50: {:.3} ms", pct(&round, 0.50));
-    println!("{p}noop_round_trip_p99: {:.3} ms", pct(&round, 0.99));
-    println!("{p}latency_iterations: {} count", dispatch.len());
+    let mut f = Figures::default();
+    f.add(
+        format!("{p}dispatch_latency_p50"),
+        pct(&dispatch, 0.50),
+        "ms",
+    );
+    f.add(
+        format!("{p}dispatch_latency_p99"),
+        pct(&dispatch, 0.99),
+        "ms",
+    );
+    f.add(format!("{p}noop_round_trip_p50"), pct(&round, 0.50), "ms");
+    f.add(format!("{p}noop_round_trip_p99"), pct(&round, 0.99), "ms");
+    f.add(
+        format!("{p}latency_iterations"),
+        dispatch.len() as f64,
+        "count",
+    );
     // The throughput runs measure the platform, not this client's SSE parsing.
     sse.abort();
     b.state
         .dispatcher
         .close_runner(&runner_id, 1000, "latency run over");
+    f
 }
 
 /// `batch` 0: each client POSTs one task at a time; otherwise `batch` tasks per
@@ -321,7 +335,7 @@ async fn throughput(
     clients: usize,
     secs: u64,
     batch: usize,
-) {
+) -> Figures {
     let mut ids = Vec::new();
     for _ in 0..runners {
         ids.push(spawn_runner(b, slots, None).await);
@@ -379,9 +393,11 @@ async fn throughput(
         0 => db.to_owned(),
         n => format!("{db}_batch{n}"),
     };
-    println!(
-        "durable_throughput_{backend}_{runners}_runners: {:.0} tasks/s",
-        done as f64 / elapsed
+    let mut f = Figures::default();
+    f.add(
+        format!("durable_throughput_{backend}_{runners}_runners"),
+        done as f64 / elapsed,
+        "tasks/s",
     );
     // CPU per task, from the kernel's per-thread accounting: less sensitive than tasks/s to
     // what else the machine runs. `cpu` is everything in this process (client, server,
@@ -389,19 +405,11 @@ async fn throughput(
     // without this load generator); `writer` the store's writer thread (the serial part).
     if let (Some(a), Some(z)) = (cpu_before, cpu_after) {
         let per = |x: f64| x * 1e6 / done.max(1) as f64;
-        println!(
-            "cpu_per_task_{backend}_{runners}_runners: {:.0} us",
-            per(z.total - a.total)
-        );
-        println!(
-            "server_cpu_per_task_{backend}_{runners}_runners: {:.0} us",
-            per(z.server - a.server)
-        );
+        let name = |what: &str| format!("{what}_per_task_{backend}_{runners}_runners");
+        f.add(name("cpu"), per(z.total - a.total), "us");
+        f.add(name("server_cpu"), per(z.server - a.server), "us");
         if z.writer > 0.0 {
-            println!(
-                "writer_cpu_per_task_{backend}_{runners}_runners: {:.0} us",
-                per(z.writer - a.writer)
-            );
+            f.add(name("writer_cpu"), per(z.writer - a.writer), "us");
         }
     }
     // Disconnect these runners so the next run starts clean.
@@ -409,6 +417,7 @@ async fn throughput(
         b.state.dispatcher.close_runner(&id, 1000, "bench run over");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    f
 }
 
 /// A throughput client: POSTs one prepared body to one path on its own HTTP/1.1 keep-alive
@@ -465,20 +474,67 @@ impl LeanClient {
     }
 }
 
-/// Run the latency figures, then one throughput run per runner count.
+/// Figures of one run, in the order they were measured: name, value, unit.
+#[derive(Default)]
+struct Figures(Vec<(String, f64, &'static str)>);
+
+impl Figures {
+    fn add(&mut self, name: String, value: f64, unit: &'static str) {
+        self.0.push((name, value, unit));
+    }
+
+    /// Prints `name: value unit` for each figure of the first run, the median over the `runs`
+    /// that have it, with the spread as a comment line when there was more than one.
+    fn print_medians(runs: &[Figures]) {
+        let Some(first) = runs.first() else { return };
+        for (name, _, unit) in &first.0 {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.0.iter().find(|f| f.0 == *name).map(|f| f.1))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let decimals = if *unit == "ms" { 3 } else { 0 };
+            if v.len() > 1 {
+                println!(
+                    "# {name}: {:.*} to {:.*} {unit} over {} runs",
+                    decimals,
+                    v[0],
+                    decimals,
+                    v[v.len() - 1],
+                    v.len()
+                );
+            }
+            println!("{name}: {:.*} {unit}", decimals, v[v.len() / 2]);
+        }
+    }
+}
+
+/// The latency figures, then one throughput run per runner count (and per runner count with
+/// batch creates), `--repeat` times, each time on a fresh server; prints each figure's median.
 pub async fn run(args: &NoopArgs) {
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        runs.push(run_once(args).await);
+    }
+    Figures::print_medians(&runs);
+}
+
+async fn run_once(args: &NoopArgs) -> Figures {
     let b = Arc::new(start_server(args.database.as_deref()).await);
-    latency(&b, args.iterations).await;
+    let mut all = latency(&b, args.iterations).await;
     for &n in &args.runners {
-        throughput(&b, n, args.slots, args.clients, args.seconds, 0).await;
+        let f = throughput(&b, n, args.slots, args.clients, args.seconds, 0).await;
+        all.0.extend(f.0);
     }
     if args.batch > 0 {
         // Fewer clients: each request carries `batch` tasks.
         let clients = (args.clients / 8).max(1);
         for &n in &args.runners {
-            throughput(&b, n, args.slots, clients, args.seconds, args.batch).await;
+            let f = throughput(&b, n, args.slots, clients, args.seconds, args.batch).await;
+            all.0.extend(f.0);
         }
     }
+    all
 }
 
 /// CPU seconds this process has used: in all, on the server's threads (its runtime, the
