@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::NoopArgs;
+use dap_bench::scale::client_ws_config;
 
 struct Bench {
     state: AppState,
@@ -175,7 +176,7 @@ async fn spawn_runner(
         "authorization",
         format!("Bearer {jwt}").parse().expect("header"),
     );
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(client_ws_config()), true)
         .await
         .expect("ws");
     let (mut tx, mut rx) = ws.split();

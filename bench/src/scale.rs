@@ -148,8 +148,9 @@ fn addr_of(base: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("server address {base}: {e}"))
 }
 
-/// The client's WebSocket settings: a small read buffer, so 10,000 clients stay light.
-fn client_ws_config() -> WebSocketConfig {
+/// The client's WebSocket settings: a small read buffer, so 10,000 clients stay light (and a
+/// busy one does not zero 128 KiB, tungstenite's default, before every read).
+pub fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4 << 10)
 }
 
