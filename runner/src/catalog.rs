@@ -22,6 +22,14 @@ const MAX_NAME_LEN: usize = 128;
 /// Rows polars reads to guess column types. The default (100) misreads columns whose first
 /// hundred values look like integers and a later one is a float.
 const INFER_SCHEMA_ROWS: usize = 10_000;
+/// Field values a CSV reads as null: pandas' `read_csv` defaults (its `na_values`), the quoted
+/// empty field `""` included (an unquoted empty field is null anyway). A column of numbers with `NA` or `N/A` gaps (R exports, spreadsheets) is then
+/// numeric, as in pandas, and aggregates skip its gaps as pandas' do; `NaN` is a gap too, not a
+/// float that would turn a sum or mean into NaN. A string column loses these values the same way.
+const CSV_NULL_TOKENS: [&str; 19] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+];
 /// First prefix [`Dataset::head`] reads; it grows fourfold until it holds enough rows.
 const HEAD_FIRST_READ_BYTES: u64 = 256 * 1024;
 /// CSV and NDJSON files up to this size are counted at start so the server can show a row
@@ -381,6 +389,7 @@ impl Dataset {
             let df = CsvReadOptions::default()
                 .with_has_header(true)
                 .with_schema(Some(schema.clone()))
+                .map_parse_options(|o| o.with_null_values(Some(csv_null_values())))
                 .into_reader_with_file_handle(std::io::Cursor::new(&buf[..end]))
                 .finish()
                 .map_err(|e| self.data_error(&e))?;
@@ -470,6 +479,7 @@ pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> 
         DatasetFormat::Csv => LazyCsvReader::new(path)
             .with_has_header(true)
             .with_glob(false)
+            .with_null_values(Some(csv_null_values()))
             .with_infer_schema_length(Some(INFER_SCHEMA_ROWS))
             .finish(),
         DatasetFormat::Parquet => LazyFrame::scan_parquet(
@@ -487,6 +497,11 @@ pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> 
             .with_infer_schema_length(NonZeroUsize::new(INFER_SCHEMA_ROWS))
             .finish(),
     }
+}
+
+/// [`CSV_NULL_TOKENS`] as polars takes them (every column).
+fn csv_null_values() -> NullValues {
+    NullValues::AllColumns(CSV_NULL_TOKENS.iter().map(|t| (*t).into()).collect())
 }
 
 /// Length of the longest prefix of `bytes` (the start of a CSV file) that ends with a record:
@@ -634,6 +649,52 @@ mod tests {
         // Asking for more than there is gives all of it.
         let all = d.head(10_000, schema.clone()).unwrap();
         assert!(all.equals_missing(&full));
+    }
+
+    #[test]
+    fn reads_pandas_missing_value_markers_as_null() {
+        let dir = TempDir::new();
+        let body = "id,score,label,note\n1,1.5,a,x\n2,NA,NA,\"\"\n3,N/A,,\"NA\"\n\
+                    4,NaN,null,y\n5,#N/A,None,z\n6,4.5,b,NaNa\n";
+        let spec = csv_spec(&dir, "gaps", "gaps.csv", body);
+        let cat = Catalog::open(&[spec]).unwrap();
+        let cols: Vec<(String, String)> = cat.infos()[0]
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.dtype.clone()))
+            .collect();
+        let want = [
+            ("id", "i64"),
+            ("score", "f64"),
+            ("label", "str"),
+            ("note", "str"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        assert_eq!(
+            cols, want,
+            "NA and friends do not make a number column text"
+        );
+        let d = cat.resolve("gaps").unwrap();
+        let mut scan = d.scan().unwrap();
+        let schema = scan.collect_schema().unwrap();
+        let full = scan.collect().unwrap();
+        let score = full.column("score").unwrap().f64().unwrap();
+        assert_eq!(score.null_count(), 4, "NA, N/A, NaN and #N/A are gaps");
+        assert_eq!(score.sum(), Some(6.0), "no NaN left to poison the sum");
+        let label = full.column("label").unwrap().str().unwrap();
+        let labels: Vec<Option<&str>> = label.into_iter().collect();
+        assert_eq!(labels, [Some("a"), None, None, None, None, Some("b")]);
+        // A value that only starts like a marker stays.
+        let note = full.column("note").unwrap().str().unwrap();
+        assert_eq!(note.get(5), Some("NaNa"));
+        assert_eq!(note.get(2), None, "a quoted NA is a gap too, as in pandas");
+        assert_eq!(note.get(1), None, "so is a quoted empty field");
+        // The first rows read on their own agree with the scan.
+        let head = d.head(6, schema).unwrap();
+        assert!(head.equals_missing(&full));
     }
 
     #[test]
