@@ -658,10 +658,11 @@ mod tests {
                     4,NaN,null,y\n5,#N/A,None,z\n6,4.5,b,NaNa\n";
         let spec = csv_spec(&dir, "gaps", "gaps.csv", body);
         let cat = Catalog::open(&[spec]).unwrap();
-        let cols: Vec<(String, String)> = cat.infos()[0]
+        let infos = cat.infos();
+        let cols: Vec<(&str, &str)> = infos[0]
             .columns
             .iter()
-            .map(|c| (c.name.clone(), c.dtype.clone()))
+            .map(|c| (c.name.as_str(), c.dtype.as_str()))
             .collect();
         let want = [
             ("id", "i64"),
@@ -669,10 +670,6 @@ mod tests {
             ("label", "str"),
             ("note", "str"),
         ];
-        let want: Vec<(String, String)> = want
-            .iter()
-            .map(|(a, b)| ((*a).into(), (*b).into()))
-            .collect();
         assert_eq!(
             cols, want,
             "NA and friends do not make a number column text"
