@@ -380,3 +380,50 @@ async fn root_and_health() {
     let r = srv.http.get(srv.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A cached API key is re-checked against its row when its entry is stale (so a revocation by
+/// another process applies), without running argon2 again for the same key and hash.
+#[tokio::test]
+async fn a_stale_cached_api_key_is_rechecked_against_its_row_not_rehashed() {
+    use dap_server::auth::{api_keys, ApiKeyVerifier, AuthError};
+    use dap_server::events::EventBus;
+    use dap_server::store::{Scope, Store};
+
+    let dir = temp_dir("key-cache");
+    let url = format!("sqlite://{}", dir.join("dap.db").display());
+    let store = Store::open(&url, EventBus::new()).await.unwrap();
+    let ttl = Duration::from_millis(50);
+    let keys = ApiKeyVerifier::with_ttl(store.clone(), ttl);
+    let (id, key) = api_keys::create_api_key(&store, "k", Scope::Write)
+        .await
+        .unwrap();
+
+    assert_eq!(keys.verify(&key).await.unwrap().scope, Scope::Write);
+    assert_eq!(keys.argon2_checks(), 1);
+    keys.verify(&key).await.unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(
+        keys.verify(&key).await.unwrap().key_id,
+        id,
+        "stale: row read"
+    );
+    assert_eq!(
+        keys.argon2_checks(),
+        1,
+        "the same key and hash are not hashed again"
+    );
+
+    // Another secret under the same id is hashed, and refused.
+    let mut wrong = key.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'a' { 'b' } else { 'a' });
+    assert!(matches!(keys.verify(&wrong).await, Err(AuthError::Invalid)));
+    assert_eq!(keys.argon2_checks(), 2);
+
+    // Revoked behind the verifier's back (as the CLI does): refused once the entry is stale.
+    assert!(store.revoke_api_key(&id).await.unwrap());
+    tokio::time::sleep(ttl * 2).await;
+    assert!(matches!(keys.verify(&key).await, Err(AuthError::Revoked)));
+    assert!(matches!(keys.verify(&key).await, Err(AuthError::Revoked)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
