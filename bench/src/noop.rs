@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dap_protocol::{Completed, Hello, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
+use dap_protocol::{Hello, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
 use dap_server::store::{Scope, TaskFilter, TaskStatus};
 use dap_server::{auth, build_state, serve, AppState, ServeConfig};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::NoopArgs;
-use dap_bench::scale::client_ws_config;
+use dap_bench::scale::{client_ws_config, noop_completed};
 
 struct Bench {
     state: AppState,
@@ -213,12 +213,7 @@ async fn spawn_runner(
                     if let Some(ch) = &arrivals {
                         let _ = ch.send((a.task_id.clone(), Instant::now()));
                     }
-                    let done = RunnerMessage::Completed(Completed {
-                        task_id: a.task_id,
-                        attempt: a.attempt,
-                        result_data: json!({ "noop": true }),
-                    });
-                    if tx.feed(Message::Text(done.to_json().into())).await.is_err() {
+                    if tx.feed(noop_completed(a.task_id, a.attempt)).await.is_err() {
                         return;
                     }
                 }

@@ -154,6 +154,16 @@ pub fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4 << 10)
 }
 
+/// A runner's answer to a no-op assignment: `completed` with `{"noop": true}`.
+pub fn noop_completed(task_id: String, attempt: u32) -> Message {
+    let done = RunnerMessage::Completed(Completed {
+        task_id,
+        attempt,
+        result_data: json!({ "noop": true }),
+    });
+    Message::Text(done.to_json().into())
+}
+
 /// Connects one runner the way `dap-runner` does: credential → socket JWT, WebSocket with the
 /// JWT, `hello`, `welcome`. Returns the socket and the runner id.
 async fn connect_runner(
@@ -227,12 +237,7 @@ async fn idle_runner(
         let Message::Text(t) = m else { continue };
         if let Ok(ServerMessage::Assign(a)) = serde_json::from_str(t.as_str()) {
             let _ = assigned.send((index, Instant::now()));
-            let done = RunnerMessage::Completed(Completed {
-                task_id: a.task_id,
-                attempt: a.attempt,
-                result_data: json!({ "noop": true }),
-            });
-            if ws.send(Message::Text(done.to_json().into())).await.is_err() {
+            if ws.send(noop_completed(a.task_id, a.attempt)).await.is_err() {
                 break;
             }
         }
@@ -683,12 +688,8 @@ pub async fn sse_fanout(args: &FanoutArgs) -> Result<(), String> {
     }
     let server_cpu = cpu_time(server.pid())? - server_cpu0;
     let own_cpu = cpu_time(std::process::id())? - own_cpu0;
-    let done = RunnerMessage::Completed(Completed {
-        task_id: assignment.task_id.clone(),
-        attempt: assignment.attempt,
-        result_data: json!({ "noop": true }),
-    });
-    let _ = ws.send(Message::Text(done.to_json().into())).await;
+    let done = noop_completed(assignment.task_id.clone(), assignment.attempt);
+    let _ = ws.send(done).await;
     if missing > 0 {
         return Err(format!(
             "{missing} of {} deliveries never arrived",
