@@ -327,9 +327,15 @@ impl Executor {
     /// Stop every running task and hand it back to the server (which requeues it at once);
     /// nothing else of those attempts is reported. A task whose result is already queued is
     /// finished, not handed back. Returns how many were handed back.
+    ///
+    /// `draining` is queued ahead of the hand backs, so the server never pushes a requeued task
+    /// straight back to this runner's freed slot.
     pub fn hand_back_all(&self) -> usize {
         self.drain();
         let taken: Vec<(TaskKey, RunningEntry)> = self.inner.running().drain().collect();
+        if !taken.is_empty() {
+            self.inner.outbox.push(RunnerMessage::Draining);
+        }
         for ((task_id, attempt), entry) in &taken {
             entry.cancel.store(true, Ordering::Relaxed);
             tracing::info!(%task_id, attempt, "handing back");
@@ -808,6 +814,36 @@ mod tests {
         assert!(flag.load(Ordering::Relaxed));
         ex.inner.running().remove(&("busy".to_owned(), 1));
         assert!(ex.wait_idle(Duration::from_millis(10)).await);
+    }
+
+    #[test]
+    fn hand_back_all_says_draining_before_handing_back() {
+        let dir = TempDir::new();
+        let (ex, outbox) = setup(2, &dir);
+        let flags = [
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        ];
+        for (i, flag) in flags.iter().enumerate() {
+            ex.inner
+                .running()
+                .insert((format!("t{i}"), 1), entry(flag, 0));
+        }
+        assert_eq!(ex.hand_back_all(), 2);
+        let sent = outbox.snapshot();
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert_eq!(sent[0], RunnerMessage::Draining, "{sent:?}");
+        assert!(
+            sent[1..]
+                .iter()
+                .all(|m| matches!(m, RunnerMessage::HandBack(h) if h.attempt == 1)),
+            "{sent:?}"
+        );
+        assert!(flags.iter().all(|f| f.load(Ordering::Relaxed)), "cancelled");
+        assert!(ex.is_idle());
+        // Nothing running: nothing to announce or hand back.
+        assert_eq!(ex.hand_back_all(), 0);
+        assert_eq!(outbox.snapshot().len(), 3);
     }
 
     #[tokio::test]

@@ -616,17 +616,26 @@ impl Dispatcher {
     /// is requeued (attempt + 1) for another runner without waiting for a grace period. A hand
     /// back is orderly, not a loss, so it never fails the task on `max_attempts`. False if the
     /// runner did not hold that attempt (nothing changes).
+    ///
+    /// Only a stopping runner hands back, so the runner counts as draining from here on, in the
+    /// same lock that frees its slot: the requeued task can never be pushed straight back to it,
+    /// even when its hand back overtakes its `draining` message.
     pub async fn hand_back(self: &Arc<Self>, runner_id: &str, task_id: &str, attempt: u32) -> bool {
-        let held = {
+        let (held, now_draining) = {
             let mut st = self.lock();
             match st.runners.get_mut(runner_id) {
                 Some(r) if r.running.get(task_id) == Some(&attempt) => {
                     r.running.remove(task_id);
-                    true
+                    let was = std::mem::replace(&mut r.draining, true);
+                    (true, !was)
                 }
-                _ => false,
+                _ => (false, false),
             }
         };
+        if now_draining {
+            tracing::info!(%runner_id, "runner is draining (it handed a task back)");
+            self.emit(runner_id, "runner.draining", RunnerState::Draining);
+        }
         if held {
             tracing::info!(%runner_id, %task_id, attempt, "task handed back");
             self.requeue(

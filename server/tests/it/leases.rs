@@ -281,3 +281,47 @@ async fn a_draining_runner_gets_nothing_new_and_a_hand_back_requeues_at_once_fen
     leaving.wait_ack(&id, 2, 5).await;
     assert_eq!(srv.task(&id).await["status"], "completed");
 }
+
+#[tokio::test]
+async fn a_hand_back_alone_marks_the_runner_draining_so_the_task_never_returns_to_it() {
+    // Regression: a runner stopping with `--on-stop hand-back` sent its hand back before its
+    // `draining`; the requeued task went straight back to it (it had a free slot), it handed it
+    // back again, and the task only reached another runner on attempt 3.
+    let srv = TestServer::start_with(|c| c.runner_grace = Duration::from_secs(30)).await;
+    let (rid, cred) = srv.enrol("leaving").await;
+    let mut leaving = ProtoRunner::connect(srv.addr, &cred, 2, &[]).await;
+    let (_, v) = srv.create_task(json!({"operation_code": 1})).await;
+    let id = v["task_id"].as_str().unwrap().to_owned();
+    let a = leaving.next_assignment(5).await;
+
+    leaving
+        .send(dap_protocol::RunnerMessage::HandBack(
+            dap_protocol::HandBack {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+                reason: "runner stopping".into(),
+            },
+        ))
+        .await;
+    leaving.wait_ack(&id, 1, 5).await;
+    assert!(
+        leaving.next(1).await.is_none(),
+        "the handed-back task was pushed to the runner that gave it back"
+    );
+    let t = srv.task(&id).await;
+    assert_eq!(
+        (t["status"].as_str(), t["runner_id"].as_str()),
+        (Some("queued"), None),
+        "{t}"
+    );
+    let (_, r) = srv
+        .get(&format!("/api/v1/runners/{rid}"), &srv.read_key)
+        .await;
+    assert_eq!(r["state"], "draining", "{r}");
+
+    // The next runner to come gets it, as attempt 2.
+    let (_, other_cred) = srv.enrol("staying").await;
+    let mut staying = ProtoRunner::connect(srv.addr, &other_cred, 1, &[]).await;
+    let moved = staying.next_assignment(5).await;
+    assert_eq!((moved.task_id.as_str(), moved.attempt), (id.as_str(), 2));
+}
