@@ -13,6 +13,7 @@ use std::sync::Arc;
 use dap_protocol::{failure, ColumnInfo, DatasetFormat, DatasetInfo, TaskError};
 use polars::prelude::*;
 
+use crate::csv_dialect::CsvRead;
 use crate::operations::params::SourceRef;
 use crate::outputs::{Kept, OutputStore};
 use crate::DatasetSpec;
@@ -30,6 +31,8 @@ const CSV_NULL_TOKENS: [&str; 19] = [
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ];
+/// How much of a CSV file's start is read to sniff its separator (the header line is in it).
+const SNIFF_BYTES: u64 = 64 * 1024;
 /// First prefix [`Dataset::head`] reads; it grows fourfold until it holds enough rows.
 const HEAD_FIRST_READ_BYTES: u64 = 256 * 1024;
 /// CSV and NDJSON files up to this size are counted at start so the server can show a row
@@ -68,6 +71,8 @@ pub struct Dataset {
     declared: PathBuf,
     /// Where `declared` pointed when the runner started; the only file ever opened for this name.
     canonical: PathBuf,
+    /// Separator and decimal mark (CSV only; resolved at start, sniffed if not declared).
+    csv: CsvRead,
 }
 
 /// All declared datasets, by name.
@@ -225,7 +230,9 @@ impl Catalog {
                     lf: LazyFrame::default(),
                     redact_dir: Some(store.dir().to_path_buf()),
                 };
-                source.lf = scan_file(&path, format).map_err(|e| source.data_error(&e))?;
+                // Kept outputs are files this runner wrote: plain CSV.
+                source.lf = scan_file(&path, format, CsvRead::default())
+                    .map_err(|e| source.data_error(&e))?;
                 Ok(source)
             }
             Kept::View { source, columns } => {
@@ -323,12 +330,22 @@ impl Dataset {
             },
             declared,
             canonical,
+            csv: CsvRead::default(),
         };
         let unreadable = |message: String| CatalogError::Unreadable {
             name: name.clone(),
             path: spec.path.clone(),
             message,
         };
+        if spec.format == DatasetFormat::Csv {
+            dataset.csv = spec
+                .csv
+                .resolve(
+                    &read_prefix(&dataset.canonical, SNIFF_BYTES)
+                        .map_err(|e| unreadable(e.to_string()))?,
+                )
+                .map_err(unreadable)?;
+        }
         let mut lf = dataset.scan().map_err(|e| unreadable(e.message))?;
         let schema = lf
             .collect_schema()
@@ -349,12 +366,17 @@ impl Dataset {
         &self.info
     }
 
+    /// How the file is read when it is a CSV (separator, decimal mark); `None` otherwise.
+    pub fn csv(&self) -> Option<CsvRead> {
+        (self.info.format == DatasetFormat::Csv).then_some(self.csv)
+    }
+
     /// A lazy scan of the declared file. Re-checks that the declared path still resolves to the
     /// file it resolved to at start: if a symlink was swapped (or the file removed), refuse
     /// rather than read whatever it points at now.
     pub fn scan(&self) -> Result<LazyFrame, TaskError> {
         let path = self.checked_path()?;
-        scan_file(path, self.info.format).map_err(|e| self.data_error(&e))
+        scan_file(path, self.info.format, self.csv).map_err(|e| self.data_error(&e))
     }
 
     /// The first `rows` rows of the file (all of them if it has fewer), typed by `schema` (the
@@ -389,7 +411,11 @@ impl Dataset {
             let df = CsvReadOptions::default()
                 .with_has_header(true)
                 .with_schema(Some(schema.clone()))
-                .map_parse_options(|o| o.with_null_values(Some(csv_null_values())))
+                .map_parse_options(|o| {
+                    o.with_null_values(Some(csv_null_values()))
+                        .with_separator(self.csv.separator)
+                        .with_decimal_comma(self.csv.decimal_comma)
+                })
                 .into_reader_with_file_handle(std::io::Cursor::new(&buf[..end]))
                 .finish()
                 .map_err(|e| self.data_error(&e))?;
@@ -472,13 +498,15 @@ impl Dataset {
     }
 }
 
-/// A lazy scan of one local file in `format`. Globbing and hive partitioning are off: the path
-/// names exactly one file, whatever characters it contains.
-pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> {
+/// A lazy scan of one local file in `format` (a CSV read as `csv` says). Globbing and hive
+/// partitioning are off: the path names exactly one file, whatever characters it contains.
+pub fn scan_file(path: &Path, format: DatasetFormat, csv: CsvRead) -> PolarsResult<LazyFrame> {
     match format {
         DatasetFormat::Csv => LazyCsvReader::new(path)
             .with_has_header(true)
             .with_glob(false)
+            .with_separator(csv.separator)
+            .with_decimal_comma(csv.decimal_comma)
             .with_null_values(Some(csv_null_values()))
             .with_infer_schema_length(Some(INFER_SCHEMA_ROWS))
             .finish(),
@@ -497,6 +525,16 @@ pub fn scan_file(path: &Path, format: DatasetFormat) -> PolarsResult<LazyFrame> 
             .with_infer_schema_length(NonZeroUsize::new(INFER_SCHEMA_ROWS))
             .finish(),
     }
+}
+
+/// The first `limit` bytes of the file at `path` (all of it if shorter).
+fn read_prefix(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// [`CSV_NULL_TOKENS`] as polars takes them (every column).
@@ -606,6 +644,7 @@ mod tests {
             name: name.into(),
             path,
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         }
     }
 
@@ -649,6 +688,113 @@ mod tests {
         // Asking for more than there is gives all of it.
         let all = d.head(10_000, schema.clone()).unwrap();
         assert!(all.equals_missing(&full));
+    }
+
+    /// Column names and dtypes as the greeting advertises them.
+    fn advertised(cat: &Catalog, name: &str) -> Vec<(String, String)> {
+        let info = cat.infos().into_iter().find(|i| i.name == name).unwrap();
+        info.columns
+            .into_iter()
+            .map(|c| (c.name, c.dtype))
+            .collect()
+    }
+
+    fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+        want.iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_semicolon_or_tab_csv_is_split_by_its_sniffed_separator() {
+        let dir = TempDir::new();
+        let semi = csv_spec(
+            &dir,
+            "semi",
+            "semi.csv",
+            "id;city, state;amount\n1;\"Paris; FR\";2.5\n2;Lyon;NA\n",
+        );
+        let tabs = csv_spec(&dir, "tabs", "tabs.txt", "id\tname\n1\ta,b\n2\tc\n");
+        let one = csv_spec(&dir, "one", "one.csv", "amount\n1\n2\n");
+        let cat = Catalog::open(&[semi, tabs, one]).unwrap();
+        assert_eq!(
+            advertised(&cat, "semi"),
+            pairs(&[("id", "i64"), ("city, state", "str"), ("amount", "f64")])
+        );
+        assert_eq!(
+            advertised(&cat, "tabs"),
+            pairs(&[("id", "i64"), ("name", "str")])
+        );
+        assert_eq!(advertised(&cat, "one"), pairs(&[("amount", "i64")]));
+        let d = cat.resolve("semi").unwrap();
+        assert_eq!(d.csv().unwrap().separator, b';');
+        let mut scan = d.scan().unwrap();
+        let schema = scan.collect_schema().unwrap();
+        let full = scan.collect().unwrap();
+        assert_eq!(
+            full.column("city, state").unwrap().str().unwrap().get(0),
+            Some("Paris; FR")
+        );
+        assert_eq!(
+            full.column("amount").unwrap().f64().unwrap().null_count(),
+            1
+        );
+        // The first rows read on their own use the same separator.
+        assert!(d.head(2, schema).unwrap().equals_missing(&full));
+        let t = cat
+            .resolve("tabs")
+            .unwrap()
+            .scan()
+            .unwrap()
+            .collect()
+            .unwrap();
+        assert_eq!(t.column("name").unwrap().str().unwrap().get(0), Some("a,b"));
+    }
+
+    #[test]
+    fn a_declared_decimal_comma_reads_european_numbers() {
+        let dir = TempDir::new();
+        let body = "id;price;label\n1;3,25;a\n2;-1000,5;b\n3;;c\n";
+        let spec = DatasetSpec {
+            csv: crate::csv_dialect::CsvDialect {
+                separator: None,
+                decimal_comma: true,
+            },
+            ..csv_spec(&dir, "euro", "euro.csv", body)
+        };
+        // Undeclared, the same column is text: the decimal mark is never guessed.
+        let plain = csv_spec(&dir, "plain", "euro2.csv", body);
+        let cat = Catalog::open(&[spec, plain]).unwrap();
+        assert_eq!(
+            advertised(&cat, "euro"),
+            pairs(&[("id", "i64"), ("price", "f64"), ("label", "str")])
+        );
+        assert_eq!(advertised(&cat, "plain")[1].1, "str");
+        let d = cat.resolve("euro").unwrap();
+        let mut scan = d.scan().unwrap();
+        let schema = scan.collect_schema().unwrap();
+        let full = scan.collect().unwrap();
+        let price: Vec<Option<f64>> = full
+            .column("price")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(price, [Some(3.25), Some(-1000.5), None]);
+        assert!(d.head(3, schema).unwrap().equals_missing(&full));
+
+        // A decimal comma in a comma-separated file cannot be read: refused at start.
+        let clash = DatasetSpec {
+            csv: crate::csv_dialect::CsvDialect {
+                separator: None,
+                decimal_comma: true,
+            },
+            ..csv_spec(&dir, "clash", "clash.csv", "a,b\n1,2\n")
+        };
+        let e = Catalog::open(&[clash]).unwrap_err();
+        assert!(matches!(e, CatalogError::Unreadable { .. }), "{e}");
+        assert!(e.to_string().contains("decimal comma"), "{e}");
     }
 
     #[test]
@@ -749,6 +895,7 @@ mod tests {
             name: "m".into(),
             path: dir.path().join("nope.csv"),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         };
         assert!(matches!(
             Catalog::open(&[missing]),
@@ -758,6 +905,7 @@ mod tests {
             name: "d".into(),
             path: dir.path().to_path_buf(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         };
         assert!(matches!(
             Catalog::open(&[a_dir]),
@@ -816,11 +964,13 @@ mod tests {
                 name: "p".into(),
                 path: pq_path,
                 format: DatasetFormat::Parquet,
+                csv: Default::default(),
             },
             DatasetSpec {
                 name: "n".into(),
                 path: nd_path,
                 format: DatasetFormat::Ndjson,
+                csv: Default::default(),
             },
         ])
         .unwrap();
@@ -856,6 +1006,7 @@ mod tests {
             name: "linked".into(),
             path: link.clone(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         }])
         .unwrap();
         let d = cat.resolve("linked").unwrap();

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::catalog::validate_dataset_name;
 use crate::connection::Endpoints;
+use crate::csv_dialect::{parse_decimal, parse_separator, CsvDialect};
 use crate::{DatasetFormat, DatasetSpec, RunnerConfig, StopMode, MAX_SLOTS};
 
 /// Command line of `dap-runner`. Every flag can also come from the environment.
@@ -21,8 +22,10 @@ use crate::{DatasetFormat, DatasetSpec, RunnerConfig, StopMode, MAX_SLOTS};
     name = "dap-runner",
     version,
     about = "Dials out to a DAP server and runs analysis tasks on the datasets you declare.",
-    after_help = "Datasets: --dataset NAME=PATH[:FORMAT], FORMAT one of csv, parquet, ndjson \
-                  (inferred from .csv/.parquet/.ndjson/.jsonl/.json when omitted). \
+    after_help = "Datasets: --dataset NAME=PATH[:FORMAT][:sep=X][:decimal=comma], FORMAT one of \
+                  csv, parquet, ndjson (inferred from .csv/.tsv/.parquet/.ndjson/.jsonl/.json \
+                  when omitted). A CSV's separator is sniffed from its header line unless sep \
+                  is given (a character, or comma, semicolon, tab, pipe, space). \
                   Tasks name datasets; no other file on this machine is readable by them."
 )]
 pub struct Cli {
@@ -40,11 +43,12 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
-    /// Declare a dataset (repeatable): NAME=PATH or NAME=PATH:FORMAT.
+    /// Declare a dataset (repeatable): NAME=PATH, NAME=PATH:FORMAT, and for a CSV
+    /// `:sep=semicolon` / `:decimal=comma` options after it.
     #[arg(
         long = "dataset",
         env = "DAP_RUNNER_DATASETS",
-        value_name = "NAME=PATH[:FORMAT]",
+        value_name = "NAME=PATH[:FORMAT][:sep=X][:decimal=comma]",
         value_delimiter = ','
     )]
     pub datasets: Vec<String>,
@@ -115,7 +119,8 @@ pub struct FileConfig {
     pub datasets: toml::Table,
 }
 
-/// A `[datasets]` entry: `name = "path"` or `name = { path = "…", format = "csv" }`.
+/// A `[datasets]` entry: `name = "path"` or
+/// `name = { path = "…", format = "csv", sep = ";", decimal = "," }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum FileDataset {
@@ -128,6 +133,10 @@ enum FileDataset {
 struct FileDatasetTable {
     path: String,
     format: Option<String>,
+    /// CSV field separator (pandas' name for it).
+    sep: Option<String>,
+    /// CSV decimal mark, `.` or `,` (pandas' name for it).
+    decimal: Option<String>,
 }
 
 /// A setting that is missing or malformed. The message says which one and how to fix it.
@@ -195,20 +204,20 @@ pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig
                 "config file: dataset `{key}` must be \"path\" or {{ path = \"…\", format = \"csv\" }}"
             ))
         })?;
-        let (path, format) = match entry {
-            FileDataset::Path(path) => (path, None),
-            FileDataset::Table(t) => (t.path, t.format),
+        let (path, format, options) = match entry {
+            FileDataset::Path(path) => (path, None, Vec::new()),
+            FileDataset::Table(t) => {
+                let options = [("sep", t.sep), ("decimal", t.decimal)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect();
+                (t.path, t.format, options)
+            }
         };
         let path = file_dir.join(path);
-        let format = match format {
-            Some(f) => parse_format(&f).map_err(|e| invalid(format!("dataset `{key}`: {e}")))?,
-            None => infer_format(&path).map_err(|e| invalid(format!("dataset `{key}`: {e}")))?,
-        };
-        datasets.push(DatasetSpec {
-            name: key,
-            path,
-            format,
-        });
+        let spec = dataset_spec(key.clone(), path, format.as_deref(), &options)
+            .map_err(|e| invalid(format!("dataset `{key}`: {e}")))?;
+        datasets.push(spec);
     }
     for arg in &cli.datasets {
         let spec = parse_dataset_arg(arg)?;
@@ -251,7 +260,10 @@ pub fn merge(cli: Cli, file: FileConfig, file_dir: &Path) -> Result<RunnerConfig
     Ok(config)
 }
 
-/// Parse a `--dataset` value: `NAME=PATH` or `NAME=PATH:FORMAT`.
+/// Options a dataset declaration may carry after its format (CSV only).
+const DATASET_OPTIONS: [&str; 2] = ["sep", "decimal"];
+
+/// Parse a `--dataset` value: `NAME=PATH`, `NAME=PATH:FORMAT`, then `:sep=X` / `:decimal=Y`.
 pub fn parse_dataset_arg(arg: &str) -> Result<DatasetSpec, ConfigError> {
     let (name, rest) = arg.split_once('=').ok_or_else(|| {
         invalid(format!(
@@ -262,6 +274,18 @@ pub fn parse_dataset_arg(arg: &str) -> Result<DatasetSpec, ConfigError> {
     if rest.is_empty() {
         return Err(invalid(format!("--dataset `{arg}`: the path is empty")));
     }
+    // Trailing `:key=value` segments with a known key are options (taken from the right).
+    let mut rest = rest;
+    let mut options: Vec<(&str, String)> = Vec::new();
+    while let Some((head, segment)) = rest.rsplit_once(':') {
+        match segment.split_once('=') {
+            Some((key, value)) if !head.is_empty() && DATASET_OPTIONS.contains(&key) => {
+                options.push((key, value.to_owned()));
+                rest = head;
+            }
+            _ => break,
+        }
+    }
     // A trailing `:word` is a format only when the word has no path characters in it, so that
     // `C:\data\x.csv` or `./a:b/x.csv` are still read as plain paths.
     let (path, format) = match rest.rsplit_once(':') {
@@ -270,22 +294,57 @@ pub fn parse_dataset_arg(arg: &str) -> Result<DatasetSpec, ConfigError> {
                 && !word.is_empty()
                 && word.chars().all(|c| c.is_ascii_alphanumeric()) =>
         {
-            let format =
-                parse_format(word).map_err(|e| invalid(format!("--dataset `{arg}`: {e}")))?;
-            (PathBuf::from(path), format)
+            (path, Some(word))
         }
-        _ => {
-            let path = PathBuf::from(rest);
-            let format =
-                infer_format(&path).map_err(|e| invalid(format!("--dataset `{arg}`: {e}")))?;
-            (path, format)
-        }
+        _ => (rest, None),
     };
+    dataset_spec(name.to_owned(), PathBuf::from(path), format, &options)
+        .map_err(|e| invalid(format!("--dataset `{arg}`: {e}")))
+}
+
+/// A declaration from its parts, however written: the format (inferred from the extension if
+/// absent; `.tsv` / `.tab` mean tab-separated CSV) and the CSV options.
+fn dataset_spec<K: AsRef<str>>(
+    name: String,
+    path: PathBuf,
+    format: Option<&str>,
+    options: &[(K, String)],
+) -> Result<DatasetSpec, String> {
+    let format = match format {
+        Some(word) => parse_format(word)?,
+        None => infer_format(&path)?,
+    };
+    let mut csv = CsvDialect {
+        separator: tab_separated_extension(&path).then_some(b'\t'),
+        decimal_comma: false,
+    };
+    for (key, value) in options {
+        let key = key.as_ref();
+        if format != DatasetFormat::Csv {
+            return Err(format!("`{key}` applies to CSV datasets only"));
+        }
+        match key {
+            "sep" => csv.separator = Some(parse_separator(value)?),
+            "decimal" => csv.decimal_comma = parse_decimal(value)?,
+            _ => return Err(format!("unknown dataset option `{key}`")),
+        }
+    }
+    if csv.decimal_comma && csv.separator == Some(b',') {
+        return Err("a decimal comma needs a separator other than the comma".into());
+    }
     Ok(DatasetSpec {
-        name: name.to_owned(),
+        name,
         path,
         format,
+        csv,
     })
+}
+
+/// `.tsv` and `.tab` files are CSV with tabs.
+fn tab_separated_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("tab"))
 }
 
 /// A format name as users write it. `json` and `jsonl` mean newline-delimited JSON.
@@ -307,7 +366,7 @@ pub fn infer_format(path: &Path) -> Result<DatasetFormat, String> {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match ext.as_deref() {
-        Some("csv") => Ok(DatasetFormat::Csv),
+        Some("csv") | Some("tsv") | Some("tab") => Ok(DatasetFormat::Csv),
         Some("parquet") | Some("pq") => Ok(DatasetFormat::Parquet),
         Some("ndjson") | Some("jsonl") | Some("json") => Ok(DatasetFormat::Ndjson),
         _ => Err(format!(
@@ -419,6 +478,70 @@ mod tests {
     }
 
     #[test]
+    fn dataset_args_take_csv_options_after_the_format() {
+        let d = parse_dataset_arg("ventes=./ventes.csv:csv:sep=semicolon:decimal=comma").unwrap();
+        assert_eq!(d.path, PathBuf::from("./ventes.csv"));
+        assert_eq!(d.format, DatasetFormat::Csv);
+        assert_eq!(
+            d.csv,
+            CsvDialect {
+                separator: Some(b';'),
+                decimal_comma: true
+            }
+        );
+        // Without a format, in any order; a literal character works as well as a name.
+        let d = parse_dataset_arg("v=./v.txt:csv:sep=|").unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.csv.separator),
+            (Some("./v.txt"), Some(b'|'))
+        );
+        let d = parse_dataset_arg("v=./v.csv:decimal=,:sep=;").unwrap();
+        assert_eq!(d.csv.separator, Some(b';'));
+        assert!(d.csv.decimal_comma);
+        let d = parse_dataset_arg(r"w=C:\data\x.csv:sep=tab").unwrap();
+        assert_eq!(d.path, PathBuf::from(r"C:\data\x.csv"));
+        assert_eq!(d.csv.separator, Some(b'\t'));
+        // Not declared: sniffed at start. `.tsv` means tabs.
+        assert_eq!(
+            parse_dataset_arg("s=./s.csv").unwrap().csv,
+            CsvDialect::default()
+        );
+        let t = parse_dataset_arg("t=./t.tsv").unwrap();
+        assert_eq!(
+            (t.format, t.csv.separator),
+            (DatasetFormat::Csv, Some(b'\t'))
+        );
+        // A `key=value` segment with an unknown key is part of the path.
+        let d = parse_dataset_arg("o=./a:mode=x/o.csv").unwrap();
+        assert_eq!(d.path, PathBuf::from("./a:mode=x/o.csv"));
+    }
+
+    #[test]
+    fn bad_csv_options_are_errors() {
+        for (arg, want) in [
+            ("p=./p.parquet:sep=;", "CSV datasets only"),
+            ("v=./v.csv:sep=ab", "one ASCII character"),
+            ("v=./v.csv:sep=\"", "cannot be a quote"),
+            ("v=./v.csv:decimal=;", "decimal mark"),
+            ("v=./v.csv:sep=comma:decimal=comma", "other than the comma"),
+        ] {
+            let e = parse_dataset_arg(arg).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(arg), "{arg}: {e}");
+        }
+        let file = parse_file(
+            "server = \"http://s\"\ntoken = \"t\"\n[datasets]\nv = { path = \"v.json\", sep = \";\" }\n",
+        )
+        .unwrap();
+        let e = merge(cli(&[]), file, Path::new("/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dataset `v`") && e.contains("CSV datasets only"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_dataset_args_are_errors() {
         let e = parse_dataset_arg("sales=./sales.csv:xlsx").unwrap_err();
         assert!(e.to_string().contains("unknown format `xlsx`"), "{e}");
@@ -439,6 +562,7 @@ mod tests {
             [datasets]
             sales = "data/sales.csv"
             events = { path = "/abs/events.log", format = "ndjson" }
+            ventes = { path = "ventes.txt", format = "csv", sep = ";", decimal = "," }
             "#,
         )
         .unwrap();
@@ -459,7 +583,16 @@ mod tests {
         assert_eq!(c.token, "file-token");
         assert_eq!(c.name, "from-file");
         assert_eq!(c.slots, 4);
-        assert_eq!(c.datasets.len(), 2);
+        assert_eq!(c.datasets.len(), 3);
+        let ventes = c.datasets.iter().find(|d| d.name == "ventes").unwrap();
+        assert_eq!(ventes.path, PathBuf::from("/etc/dap/ventes.txt"));
+        assert_eq!(
+            ventes.csv,
+            CsvDialect {
+                separator: Some(b';'),
+                decimal_comma: true
+            }
+        );
         let events = c.datasets.iter().find(|d| d.name == "events").unwrap();
         assert_eq!(events.path, PathBuf::from("/abs/events.log"));
         assert_eq!(events.format, DatasetFormat::Ndjson);

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod catalog;
 pub mod config;
 pub mod connection;
+pub mod csv_dialect;
 pub mod executor;
 pub mod operations;
 pub mod outbox;
@@ -111,6 +112,8 @@ pub struct DatasetSpec {
     pub name: String,
     pub path: PathBuf,
     pub format: DatasetFormat,
+    /// Separator and decimal mark of a CSV file (default: sniffed separator, decimal point).
+    pub csv: csv_dialect::CsvDialect,
 }
 
 /// Why a runner stopped (other than being asked to).
@@ -250,8 +253,21 @@ pub async fn run_until(
             Some(n) => format!(", {n} rows"),
             None => String::new(),
         };
+        // A CSV read other than comma-and-point says so: a wrong sniff shows at start.
+        let dialect = match catalog.resolve(&info.name).ok().and_then(|d| d.csv()) {
+            Some(c) if c != csv_dialect::CsvRead::default() => format!(
+                ", separator {}{}",
+                csv_dialect::separator_name(c.separator),
+                if c.decimal_comma {
+                    ", decimal comma"
+                } else {
+                    ""
+                }
+            ),
+            _ => String::new(),
+        };
         tracing::info!(
-            "declared dataset `{}` ({}, {} columns{rows})",
+            "declared dataset `{}` ({}{dialect}, {} columns{rows})",
             info.name,
             format_name(info.format),
             info.columns.len()

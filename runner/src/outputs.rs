@@ -375,10 +375,12 @@ mod tests {
 
     fn read(k: &Kept) -> DataFrame {
         match k {
-            Kept::File { path, format } => crate::catalog::scan_file(path, *format)
-                .unwrap()
-                .collect()
-                .unwrap(),
+            Kept::File { path, format } => {
+                crate::catalog::scan_file(path, *format, Default::default())
+                    .unwrap()
+                    .collect()
+                    .unwrap()
+            }
             Kept::View { .. } => panic!("a view"),
         }
     }

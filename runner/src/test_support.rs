@@ -47,6 +47,7 @@ pub fn csv_catalog(name: &str, path: &Path) -> crate::catalog::Catalog {
         name: name.into(),
         path: path.to_owned(),
         format: crate::DatasetFormat::Csv,
+        csv: Default::default(),
     }])
     .expect("declare the test CSV")
 }

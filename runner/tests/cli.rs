@@ -79,6 +79,23 @@ fn bad_dataset_declarations_fail_before_connecting() {
         "{}",
         stderr(&o)
     );
+
+    // A decimal comma in a comma-separated file cannot be read: refused at start, exit 2.
+    let o = runner(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        TOKEN,
+        "--dataset",
+        &format!("sales={}:decimal=comma", sample_csv().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dataset `sales`") && stderr(&o).contains("decimal comma"),
+        "{}",
+        stderr(&o)
+    );
+    assert_no_token(&o);
 }
 
 #[test]

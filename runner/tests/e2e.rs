@@ -121,6 +121,7 @@ fn runner_config(srv: &Server, token: &str, csv: &Path) -> RunnerConfig {
             name: "people".into(),
             path: csv.to_owned(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         }],
         show_progress_bars: false,
         // Each test's CSV sits in its own temp dir: keep the runner's state next to it.
@@ -1010,6 +1011,7 @@ async fn cancelling_a_long_filter_stops_it_within_a_second_and_frees_the_slot() 
             name: "big".into(),
             path: big,
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         });
     })
     .await;
@@ -1224,6 +1226,7 @@ async fn a_result_finished_while_the_server_was_down_survives_a_runner_crash() {
             name: "big".into(),
             path: big.clone(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         });
         c
     };
@@ -1374,6 +1377,7 @@ async fn runner_over_wss_to_a_tls_server_with_a_self_signed_certificate() {
             name: "people".into(),
             path: csv.clone(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         }],
         show_progress_bars: false,
         state_dir: Some(dir.join("state")),
@@ -1806,6 +1810,7 @@ fn runner_via(
             name: "big".into(),
             path: shared_big_csv(),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         }],
         show_progress_bars: false,
         state_dir: Some(dir.join(format!("state-{name}"))),

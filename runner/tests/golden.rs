@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dap_protocol::op;
 use dap_runner::artifacts::Scratch;
 use dap_runner::catalog::Catalog;
+use dap_runner::csv_dialect::CsvDialect;
 use dap_runner::operations::{self, values, Output};
 use dap_runner::progress::ProgressReporter;
 use dap_runner::{DatasetFormat, DatasetSpec};
@@ -37,6 +38,7 @@ fn catalog() -> Catalog {
             name: (*name).to_owned(),
             path: golden_dir().join("data").join(format!("{name}.csv")),
             format: DatasetFormat::Csv,
+            csv: Default::default(),
         })
         .collect();
     Catalog::open(&specs).expect("declare the golden datasets")
@@ -206,9 +208,14 @@ fn filter_outputs_equal_pandas() {
         assert!(spec.contains(needle), "no golden filter case uses {needle}");
     }
 
+    check_filter_cases(&cat, cases);
+}
+
+/// Run every golden filter case on `cat` and compare with pandas' rows, preview and artifact.
+fn check_filter_cases(cat: &Catalog, cases: &[Value]) {
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let (result, files) = run(&cat, op::FILTER, &case["params"]);
+        let (result, files) = run(cat, op::FILTER, &case["params"]);
         let want_rows = case["rows"].as_array().unwrap();
         assert_eq!(result["columns"], case["columns"], "{name}: columns");
         assert_eq!(result["row_count"], want_rows.len(), "{name}: row_count");
@@ -233,6 +240,68 @@ fn filter_outputs_equal_pandas() {
         );
         assert_rows(&format!("{name} (output.csv)"), &rows, want_rows);
     }
+}
+
+/// The golden CSV `name` rewritten as a European spreadsheet exports it: `;` between fields
+/// and a decimal comma in every fractional number.
+fn european_copy(name: &str, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(golden_dir().join("data").join(format!("{name}.csv")))
+        .expect("golden CSV");
+    assert!(
+        !text.contains('"') && !text.contains(';'),
+        "{name}: plain fields only"
+    );
+    let out: String = text
+        .lines()
+        .map(|line| {
+            let fields: Vec<String> = line
+                .split(',')
+                .map(|f| {
+                    if f.parse::<f64>().is_ok() {
+                        f.replace('.', ",")
+                    } else {
+                        f.to_owned()
+                    }
+                })
+                .collect();
+            fields.join(";") + "\n"
+        })
+        .collect();
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, out).expect("write the European copy");
+    path
+}
+
+#[test]
+fn filter_outputs_equal_pandas_on_a_semicolon_decimal_comma_export() {
+    let dir = TempScratch::new();
+    let specs: Vec<DatasetSpec> = DATASETS
+        .iter()
+        .map(|name| DatasetSpec {
+            name: (*name).to_owned(),
+            path: european_copy(name, &dir.0),
+            format: DatasetFormat::Csv,
+            // The separator is sniffed; the decimal mark is declared (it is never guessed).
+            csv: CsvDialect {
+                separator: None,
+                decimal_comma: true,
+            },
+        })
+        .collect();
+    let cat = Catalog::open(&specs).expect("declare the European copies");
+    for name in DATASETS {
+        let d = cat.resolve(name).unwrap();
+        assert_eq!(d.csv().unwrap().separator, b';', "{name}");
+        // Same columns and types as the comma-and-point originals.
+        let original = catalog();
+        assert_eq!(
+            d.info().columns,
+            original.resolve(name).unwrap().info().columns,
+            "{name}"
+        );
+    }
+    let expected = expected();
+    check_filter_cases(&cat, expected["filter"].as_array().expect("filter cases"));
 }
 
 /// Run a model twice: the same params must give the same result and predictions byte for byte.

@@ -194,6 +194,7 @@ fn fixture() -> Fixture {
         name: "sales".into(),
         path: csv,
         format: DatasetFormat::Csv,
+        csv: Default::default(),
     }])
     .unwrap();
     Fixture { dir, catalog }
