@@ -14,6 +14,7 @@ use dap_protocol::{failure, ColumnInfo, DatasetFormat, DatasetInfo, TaskError};
 use polars::prelude::*;
 
 use crate::csv_dialect::CsvRead;
+use crate::csv_fixups::Fixups;
 use crate::operations::params::SourceRef;
 use crate::outputs::{Kept, OutputStore};
 use crate::DatasetSpec;
@@ -73,6 +74,8 @@ pub struct Dataset {
     canonical: PathBuf,
     /// Separator and decimal mark (CSV only; resolved at start, sniffed if not declared).
     csv: CsvRead,
+    /// Corrections that make polars read the CSV as pandas does (decided at start).
+    fixups: Fixups,
 }
 
 /// All declared datasets, by name.
@@ -331,6 +334,7 @@ impl Dataset {
             declared,
             canonical,
             csv: CsvRead::default(),
+            fixups: Fixups::default(),
         };
         let unreadable = |message: String| CatalogError::Unreadable {
             name: name.clone(),
@@ -347,9 +351,21 @@ impl Dataset {
                 .map_err(unreadable)?;
         }
         let mut lf = dataset.scan().map_err(|e| unreadable(e.message))?;
-        let schema = lf
+        let mut schema = lf
             .collect_schema()
             .map_err(|e| unreadable(dataset.redact(&e.to_string())))?;
+        if spec.format == DatasetFormat::Csv {
+            // The rows polars inferred the types from, as it parsed them.
+            let sample = dataset
+                .head(INFER_SCHEMA_ROWS, schema)
+                .map_err(|e| unreadable(e.message))?;
+            dataset.fixups = Fixups::detect(&dataset.canonical, &sample, dataset.csv.decimal_comma)
+                .map_err(|e| unreadable(e.to_string()))?;
+            lf = dataset.scan().map_err(|e| unreadable(e.message))?;
+            schema = lf
+                .collect_schema()
+                .map_err(|e| unreadable(dataset.redact(&e.to_string())))?;
+        }
         dataset.info.columns = columns_of(&schema);
         if spec.format == DatasetFormat::Parquet || meta.len() <= COUNT_AT_START_MAX_BYTES {
             dataset.info.row_count =
@@ -371,12 +387,19 @@ impl Dataset {
         (self.info.format == DatasetFormat::Csv).then_some(self.csv)
     }
 
+    /// What is corrected after polars parses the CSV (empty for other formats).
+    pub fn fixups(&self) -> &Fixups {
+        &self.fixups
+    }
+
     /// A lazy scan of the declared file. Re-checks that the declared path still resolves to the
     /// file it resolved to at start: if a symlink was swapped (or the file removed), refuse
     /// rather than read whatever it points at now.
     pub fn scan(&self) -> Result<LazyFrame, TaskError> {
         let path = self.checked_path()?;
-        scan_file(path, self.info.format, self.csv).map_err(|e| self.data_error(&e))
+        scan_file(path, self.info.format, self.csv)
+            .map(|lf| self.fixups.apply(lf))
+            .map_err(|e| self.data_error(&e))
     }
 
     /// The first `rows` rows of the file (all of them if it has fewer), typed by `schema` (the
@@ -395,6 +418,8 @@ impl Dataset {
             )
         };
         let mut file = std::fs::File::open(self.checked_path()?).map_err(|_| gone())?;
+        // Parsed as polars parses the file, then corrected as the scan is.
+        let schema = Arc::new(self.fixups.raw_schema(&schema));
         let mut buf: Vec<u8> = Vec::new();
         let mut want: u64 = HEAD_FIRST_READ_BYTES.max(rows as u64 * 128);
         loop {
@@ -418,6 +443,7 @@ impl Dataset {
                 })
                 .into_reader_with_file_handle(std::io::Cursor::new(&buf[..end]))
                 .finish()
+                .and_then(|df| self.fixups.apply(df.lazy()).collect())
                 .map_err(|e| self.data_error(&e))?;
             if whole || df.height() > rows {
                 return Ok(df.head(Some(rows)));
@@ -537,9 +563,16 @@ fn read_prefix(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// [`CSV_NULL_TOKENS`] as polars takes them (every column).
+/// [`CSV_NULL_TOKENS`] as polars takes them (every column), and a lone `\r`: what polars
+/// makes of a blank line in a CRLF file (pandas skips the line; see [`crate::csv_fixups`]).
 fn csv_null_values() -> NullValues {
-    NullValues::AllColumns(CSV_NULL_TOKENS.iter().map(|t| (*t).into()).collect())
+    NullValues::AllColumns(
+        CSV_NULL_TOKENS
+            .iter()
+            .chain(&["\r"])
+            .map(|t| (*t).into())
+            .collect(),
+    )
 }
 
 /// Length of the longest prefix of `bytes` (the start of a CSV file) that ends with a record:
@@ -795,6 +828,87 @@ mod tests {
         let e = Catalog::open(&[clash]).unwrap_err();
         assert!(matches!(e, CatalogError::Unreadable { .. }), "{e}");
         assert!(e.to_string().contains("decimal comma"), "{e}");
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_padded_numbers_are_numbers_as_in_pandas() {
+        let dir = TempDir::new();
+        // UCI-style: `, ` between fields, CRLF, a blank line inside and two at the end.
+        let body = "age, workclass, fnlwgt, rate\r\n39, State-gov, 77516, 0.5\r\n\r\n\
+                    50, Self-emp,  83311 ,\t1e-3\r\n38, Private, 215646,\r\n\r\n\r\n";
+        let spec = csv_spec(&dir, "adult", "adult.csv", body);
+        // Spaces alone keep a column text (pandas too); a row of empty fields stays a row in a
+        // file without blank lines (pandas keeps it as NaNs).
+        let kept = csv_spec(&dir, "kept", "kept.csv", "a,b\n1, \n,\n2,x\n");
+        let cat = Catalog::open(&[spec, kept]).unwrap();
+        assert_eq!(
+            advertised(&cat, "adult"),
+            pairs(&[
+                ("age", "i64"),
+                (" workclass", "str"),
+                (" fnlwgt", "i64"),
+                (" rate", "f64")
+            ])
+        );
+        assert_eq!(cat.infos()[0].row_count, Some(3));
+        let d = cat.resolve("adult").unwrap();
+        assert!(d.fixups().skips_blank_lines());
+        let mut scan = d.scan().unwrap();
+        let schema = scan.collect_schema().unwrap();
+        let full = scan.collect().unwrap();
+        let fnlwgt: Vec<Option<i64>> = full
+            .column(" fnlwgt")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(fnlwgt, [Some(77516), Some(83311), Some(215646)]);
+        let rate: Vec<Option<f64>> = full
+            .column(" rate")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(rate, [Some(0.5), Some(0.001), None]);
+        // Text keeps its padding, as in pandas (skipinitialspace is off there too).
+        assert_eq!(
+            full.column(" workclass").unwrap().str().unwrap().get(0),
+            Some(" State-gov")
+        );
+        // Each head length agrees with the scan.
+        for n in 1..=3 {
+            assert!(
+                d.head(n, schema.clone())
+                    .unwrap()
+                    .equals_missing(&full.head(Some(n))),
+                "{n}"
+            );
+        }
+
+        assert_eq!(
+            advertised(&cat, "kept"),
+            pairs(&[("a", "i64"), ("b", "str")])
+        );
+        let k = cat.resolve("kept").unwrap();
+        assert!(!k.fixups().skips_blank_lines());
+        assert_eq!(k.scan().unwrap().collect().unwrap().height(), 3);
+    }
+
+    #[test]
+    fn a_padded_number_column_with_text_past_the_sample_is_refused_by_name() {
+        let dir = TempDir::new();
+        let mut body = String::from("id,n\n");
+        for i in 0..INFER_SCHEMA_ROWS + 5 {
+            body.push_str(&format!("{i}, {i}\n"));
+        }
+        body.push_str("7, seven\n");
+        // Counted at start (small file), so the bad value is found before any task runs.
+        let e = Catalog::open(&[csv_spec(&dir, "late", "late.csv", &body)]).unwrap_err();
+        assert!(matches!(e, CatalogError::Unreadable { .. }), "{e}");
+        let m = e.to_string();
+        assert!(m.contains("`n`") && m.contains("seven"), "{m}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod csv_dialect;
+pub mod csv_fixups;
 pub mod executor;
 pub mod operations;
 pub mod outbox;
