@@ -51,51 +51,33 @@ fn missing_server_is_a_usage_error() {
     assert_no_token(&o);
 }
 
+/// Start a runner with one `--dataset` declaration; it must refuse it before connecting:
+/// exit 2, a message holding every one of `needles`, no token printed.
+fn refused_declaration(declaration: &str, needles: &[&str]) {
+    let o = runner(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        TOKEN,
+        "--dataset",
+        declaration,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{declaration}: {}", stderr(&o));
+    for needle in needles {
+        assert!(stderr(&o).contains(needle), "{declaration}: {}", stderr(&o));
+    }
+    assert_no_token(&o);
+}
+
 #[test]
 fn bad_dataset_declarations_fail_before_connecting() {
-    let o = runner(&[
-        "--server",
-        "http://127.0.0.1:9",
-        "--token",
-        TOKEN,
-        "--dataset",
-        "sales=/definitely/not/here.csv",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("dataset `sales`"), "{}", stderr(&o));
-    assert_no_token(&o);
-
-    let o = runner(&[
-        "--server",
-        "http://127.0.0.1:9",
-        "--token",
-        TOKEN,
-        "--dataset",
-        "sales=./x.csv:xlsx",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("unknown format `xlsx`"),
-        "{}",
-        stderr(&o)
-    );
-
-    // A decimal comma in a comma-separated file cannot be read: refused at start, exit 2.
-    let o = runner(&[
-        "--server",
-        "http://127.0.0.1:9",
-        "--token",
-        TOKEN,
-        "--dataset",
+    refused_declaration("sales=/definitely/not/here.csv", &["dataset `sales`"]);
+    refused_declaration("sales=./x.csv:xlsx", &["unknown format `xlsx`"]);
+    // A decimal comma in a comma-separated file cannot be read: refused at start.
+    refused_declaration(
         &format!("sales={}:decimal=comma", sample_csv().display()),
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("dataset `sales`") && stderr(&o).contains("decimal comma"),
-        "{}",
-        stderr(&o)
+        &["dataset `sales`", "decimal comma"],
     );
-    assert_no_token(&o);
 }
 
 #[test]
