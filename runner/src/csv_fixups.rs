@@ -52,11 +52,6 @@ impl Fixups {
         self.blank_rows_over.is_some()
     }
 
-    /// The columns read as numbers although polars parses them as text.
-    pub fn padded_numbers(&self) -> &[(PlSmallStr, DataType)] {
-        &self.padded_numbers
-    }
-
     /// The corrections on a lazy scan of the file.
     pub fn apply(&self, mut lf: LazyFrame) -> LazyFrame {
         if let Some(columns) = &self.blank_rows_over {
@@ -106,15 +101,14 @@ fn trimmed(s: &str, decimal_comma: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn parses_as_int(s: &str, decimal_comma: bool) -> bool {
-    trimmed(s, decimal_comma).parse::<i64>().is_ok()
+/// A padded integer, trimmed; `None` if it is not one.
+fn parse_int(s: &str, decimal_comma: bool) -> Option<i64> {
+    trimmed(s, decimal_comma).parse().ok()
 }
 
-fn parses_as_float(s: &str, decimal_comma: bool) -> bool {
-    let t = trimmed(s, decimal_comma);
-    // Rust also reads `infinity` and `nan` in any case; pandas reads `inf`/`-inf` too. Words
-    // beyond those are text.
-    t.parse::<f64>().is_ok() && !t.chars().any(|c| c == '_')
+/// A padded number (`1e3`, `inf` too, as pandas reads them), trimmed; `None` if it is not one.
+fn parse_float(s: &str, decimal_comma: bool) -> Option<f64> {
+    trimmed(s, decimal_comma).parse().ok()
 }
 
 /// The text columns of `sample` whose values (at least one) are all numbers once trimmed, with
@@ -128,11 +122,11 @@ pub fn padded_numbers(sample: &DataFrame, decimal_comma: bool) -> Vec<(PlSmallSt
         let mut numbers = true;
         for s in strings.into_iter().flatten() {
             any = true;
-            if ints && parses_as_int(s, decimal_comma) {
+            if ints && parse_int(s, decimal_comma).is_some() {
                 continue;
             }
             ints = false;
-            if !parses_as_float(s, decimal_comma) {
+            if parse_float(s, decimal_comma).is_none() {
                 numbers = false;
                 break;
             }
@@ -164,7 +158,7 @@ fn parse_padded(
         DataType::Int64 => strings
             .into_iter()
             .map(|v| {
-                v.map(|s| trimmed(s, decimal_comma).parse::<i64>().map_err(|_| bad(s)))
+                v.map(|s| parse_int(s, decimal_comma).ok_or_else(|| bad(s)))
                     .transpose()
             })
             .collect::<PolarsResult<Int64Chunked>>()?
@@ -172,13 +166,8 @@ fn parse_padded(
         _ => strings
             .into_iter()
             .map(|v| {
-                v.map(|s| {
-                    parses_as_float(s, decimal_comma)
-                        .then(|| trimmed(s, decimal_comma).parse::<f64>().ok())
-                        .flatten()
-                        .ok_or_else(|| bad(s))
-                })
-                .transpose()
+                v.map(|s| parse_float(s, decimal_comma).ok_or_else(|| bad(s)))
+                    .transpose()
             })
             .collect::<PolarsResult<Float64Chunked>>()?
             .into_series(),
